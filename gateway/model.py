@@ -1,0 +1,58 @@
+"""The records that flow through the gateway.
+
+One time convention everywhere: ``ts`` is UTC epoch seconds as a float.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Literal
+
+AlertState = Literal["raised", "cleared"]
+
+
+@dataclass(frozen=True, slots=True)
+class Reading:
+    """One decoded sensor value."""
+
+    source: str
+    device: str
+    metric: str
+    value: float
+    ts: float
+    seq: int | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class Aggregate:
+    """Statistics of one device+metric over one window ``[start, end)``."""
+
+    pipeline: str
+    step: str
+    device: str
+    metric: str
+    start: float
+    end: float
+    count: int
+    stats: dict[str, float] = field(default_factory=dict)
+
+
+@dataclass(frozen=True, slots=True)
+class Alert:
+    """A raise or clear transition of one detector for one device+metric."""
+
+    pipeline: str
+    step: str
+    device: str
+    metric: str
+    kind: str
+    state: AlertState
+    severity: str
+    ts: float
+    value: float
+    threshold: float
+    message: str
+
+
+Record = Reading | Aggregate | Alert
+"""Anything a pipeline may emit."""
