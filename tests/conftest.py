@@ -1,0 +1,102 @@
+"""Shared fixtures: a private mosquitto on a free loopback port, per test."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import pytest
+
+MOSQUITTO = shutil.which("mosquitto") or "/usr/sbin/mosquitto"
+
+
+def free_port() -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def _wait_listening(port: int, proc: subprocess.Popen[bytes], deadline_s: float = 10.0) -> None:
+    end = time.monotonic() + deadline_s
+    while time.monotonic() < end:
+        if proc.poll() is not None:
+            raise RuntimeError(f"mosquitto exited with {proc.returncode}")
+        try:
+            with socket.create_connection(("127.0.0.1", port), timeout=0.2):
+                return
+        except OSError:
+            time.sleep(0.02)
+    raise RuntimeError(f"mosquitto did not listen on 127.0.0.1:{port}")
+
+
+@dataclass
+class Broker:
+    """A mosquitto process we own: started on a free loopback port, stopped by its PID."""
+
+    workdir: Path
+    port: int = field(default_factory=free_port)
+    host: str = "127.0.0.1"
+    proc: subprocess.Popen[bytes] | None = None
+
+    def start(self) -> None:
+        conf = self.workdir / f"mosquitto-{self.port}.conf"
+        conf.write_text(
+            f"listener {self.port} 127.0.0.1\n"
+            "allow_anonymous true\n"
+            "persistence false\n"
+            "max_queued_messages 100000\n"
+            "max_inflight_messages 100\n"
+            "log_dest stderr\n"
+            "log_type error\n"
+        )
+        log = open(self.workdir / f"mosquitto-{self.port}.log", "ab")  # noqa: SIM115
+        self.proc = subprocess.Popen([MOSQUITTO, "-c", str(conf)], stdout=log, stderr=log)
+        log.close()
+        _wait_listening(self.port, self.proc)
+
+    def stop(self) -> None:
+        if self.proc is None or self.proc.poll() is not None:
+            return
+        os.kill(self.proc.pid, signal.SIGTERM)
+        try:
+            self.proc.wait(timeout=5)
+        except subprocess.TimeoutExpired:
+            os.kill(self.proc.pid, signal.SIGKILL)
+            self.proc.wait()
+
+    def restart(self) -> None:
+        self.stop()
+        self.start()
+
+
+@pytest.fixture
+def broker(tmp_path: Path) -> Iterator[Broker]:
+    """A fresh mosquitto for one test."""
+    if not Path(MOSQUITTO).exists():
+        pytest.skip("mosquitto is not installed (apt-get install mosquitto)")
+    b = Broker(tmp_path)
+    b.start()
+    try:
+        yield b
+    finally:
+        b.stop()
+
+
+@pytest.fixture
+def upstream_broker(tmp_path: Path) -> Iterator[Broker]:
+    """A second, independent mosquitto standing for the upstream (cloud) broker."""
+    if not Path(MOSQUITTO).exists():
+        pytest.skip("mosquitto is not installed (apt-get install mosquitto)")
+    b = Broker(tmp_path)
+    b.start()
+    try:
+        yield b
+    finally:
+        b.stop()
