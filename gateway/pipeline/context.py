@@ -1,0 +1,63 @@
+"""What a step is given when it is built: its identity, its clock and the counters.
+
+Time convention: every operator reads processing time through :func:`epoch_seconds`, so the
+same code runs on the asyncio scheduler (wall clock) and on ``TestScheduler`` (virtual time,
+where one tick is one second since the epoch: ``TestScheduler`` time 210 is ``ts == 210.0``).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+from reactivex import Observable, abc
+from reactivex.disposable import MultipleAssignmentDisposable
+
+from gateway.counters import Counters
+from gateway.model import Record
+
+Operator = Callable[[Observable[Record]], Observable[Record]]
+"""A built step: an Rx operator from records to records."""
+
+
+@dataclass(frozen=True, slots=True)
+class StepContext:
+    """Identity and services of one step of one pipeline."""
+
+    pipeline: str
+    step: str
+    scheduler: abc.SchedulerBase
+    counters: Counters
+    component: str = field(init=False)
+    """``"{pipeline}/{step}"``: the counter component of this step."""
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "component", f"{self.pipeline}/{self.step}")
+
+
+def epoch_seconds(scheduler: abc.SchedulerBase) -> float:
+    """The scheduler's current time as UTC epoch seconds (the ``Reading.ts`` convention)."""
+    return scheduler.now.timestamp()
+
+
+def every(
+    scheduler: abc.SchedulerBase, period: float, action: Callable[[], None]
+) -> abc.DisposableBase:
+    """Run ``action`` every ``period`` seconds on ``scheduler`` until the result is disposed.
+
+    Works on any scheduler (only ``schedule_relative`` is needed), virtual time included.
+    Disposing from inside ``action`` (e.g. on completion) cancels the next tick.
+    """
+    disposable = MultipleAssignmentDisposable()
+
+    def tick(_scheduler: abc.SchedulerBase, _state: Any = None) -> None:
+        if disposable.is_disposed:
+            return
+        # Schedule the next tick first: if ``action`` raises (a failing downstream observer),
+        # the error reaches the scheduler but the ticking goes on.
+        disposable.disposable = scheduler.schedule_relative(period, tick)
+        action()
+
+    disposable.disposable = scheduler.schedule_relative(period, tick)
+    return disposable

@@ -1,0 +1,243 @@
+"""Event-time windows: readings in, one ``Aggregate`` per (device, metric, window) out.
+
+Windows are ``[start, start + size)`` with ``start`` a multiple of ``slide`` (epoch aligned);
+``slide == size`` gives tumbling windows, ``slide < size`` sliding ones, and a reading joins
+every window that contains its ``ts``. A window closes when processing time reaches
+``end + lateness``: a periodic tick on the step's scheduler (every ``min(slide, 1 s)``) emits
+and forgets closed windows, and is also the clock readings are judged by (a reading whose
+windows have all closed is ``late``). So a window is open exactly until the tick that closes
+it, whatever the order of readings and ticks.
+"""
+
+from __future__ import annotations
+
+import heapq
+import math
+import random
+import re
+from collections.abc import Sequence
+
+from reactivex import Observable, abc
+from reactivex.disposable import CompositeDisposable
+
+from gateway.model import Aggregate, Reading, Record
+from gateway.pipeline.context import Operator, StepContext, epoch_seconds, every
+
+BASIC_STATS = ("count", "sum", "mean", "min", "max", "first", "last", "stddev")
+PERCENTILE = re.compile(r"^p(100|\d{1,2}(?:\.\d+)?)$")
+DEFAULT_STATS = ("count", "mean", "min", "max")
+MAX_FUTURE_S = 300.0
+"""Readings more than this ahead of processing time are dropped as ``future_ts``."""
+MAX_SAMPLES = 10_000
+"""Values kept per window for percentiles; beyond that a uniform reservoir sample."""
+
+
+def is_stat_name(name: str) -> bool:
+    """Whether ``name`` is a known aggregate: one of BASIC_STATS or ``pNN`` (``p50``, ``p99.9``)."""
+    return name in BASIC_STATS or PERCENTILE.match(name) is not None
+
+
+def percentile(ordered: Sequence[float], q: float) -> float:
+    """The ``q``-th percentile (0..100) of sorted values, linear interpolation between ranks."""
+    rank = (len(ordered) - 1) * q / 100.0
+    low = math.floor(rank)
+    high = min(low + 1, len(ordered) - 1)
+    fraction = rank - low
+    return ordered[low] + (ordered[high] - ordered[low]) * fraction
+
+
+class Accumulator:
+    """Running statistics of one window: O(1) memory unless percentiles keep samples."""
+
+    __slots__ = (
+        "count",
+        "first",
+        "last",
+        "m2",
+        "maximum",
+        "mean",
+        "minimum",
+        "samples",
+        "spread",
+        "total",
+    )
+
+    def __init__(self, keep_samples: bool, spread: bool = True) -> None:
+        self.count = 0
+        self.total = 0.0
+        self.spread = spread  # track Welford's running mean and m2 (for stddev only)
+        self.mean = 0.0
+        self.m2 = 0.0
+        self.minimum = math.inf
+        self.maximum = -math.inf
+        self.first = math.nan
+        self.last = math.nan
+        self.samples: list[float] | None = [] if keep_samples else None
+
+    def add(self, value: float, rng: random.Random) -> None:
+        count = self.count = self.count + 1
+        self.total += value
+        if self.spread:
+            delta = value - self.mean
+            self.mean += delta / count
+            self.m2 += delta * (value - self.mean)
+        if value < self.minimum:
+            self.minimum = value
+        if value > self.maximum:
+            self.maximum = value
+        if count == 1:
+            self.first = value
+        self.last = value
+        samples = self.samples
+        if samples is not None:
+            if len(samples) < MAX_SAMPLES:
+                samples.append(value)
+            else:
+                slot = rng.randrange(count)
+                if slot < MAX_SAMPLES:
+                    samples[slot] = value
+
+    def stats(self, names: Sequence[str]) -> dict[str, float]:
+        """The requested statistics (the window is never empty)."""
+        ordered = sorted(self.samples) if self.samples is not None else []
+        out: dict[str, float] = {}
+        for name in names:
+            if name == "count":
+                out[name] = float(self.count)
+            elif name == "sum":
+                out[name] = self.total
+            elif name == "mean":
+                out[name] = self.total / self.count
+            elif name == "min":
+                out[name] = self.minimum
+            elif name == "max":
+                out[name] = self.maximum
+            elif name == "first":
+                out[name] = self.first
+            elif name == "last":
+                out[name] = self.last
+            elif name == "stddev":
+                out[name] = math.sqrt(self.m2 / (self.count - 1)) if self.count > 1 else 0.0
+            else:
+                out[name] = percentile(ordered, float(name[1:]))
+        return out
+
+
+WindowKey = tuple[str, str, float]
+"""(device, metric, start)"""
+
+
+def window(
+    size: float,
+    slide: float | None,
+    aggregates: Sequence[str],
+    lateness: float,
+    ctx: StepContext,
+) -> Operator:
+    """Aggregate readings per (device, metric) over event-time windows.
+
+    ``size=10, lateness=2`` (tumbling), readings shown as ``ts:value``::
+
+        processing time:  1    3    9    11         13         |
+        input:           -0:1-3:2--9:3--11:4--------8:5--------|
+        output:          -----------------------A--------------B|
+
+        A = Aggregate of [0, 10): count 3, mean 2, emitted by the tick at 12 (10 + lateness);
+        8:5 arrives after that window closed: counted as ``late``, dropped;
+        B = [10, 20): count 1, flushed when the source completes.
+    """
+    slide_s = size if slide is None else slide
+    names = tuple(aggregates)
+    keep_samples = any(PERCENTILE.match(name) for name in names)
+    spread = "stddev" in names
+    close_after = size + lateness
+    tumbling = slide_s == size
+    tick_period = min(slide_s, 1.0)
+    scheduler, counters, component = ctx.scheduler, ctx.counters, ctx.component
+    pipeline, step = ctx.pipeline, ctx.step
+
+    def operator(source: Observable[Record]) -> Observable[Record]:
+        def subscribe(
+            observer: abc.ObserverBase[Record], scheduler_: abc.SchedulerBase | None = None
+        ) -> abc.DisposableBase:
+            open_windows: dict[WindowKey, Accumulator] = {}
+            deadlines: list[tuple[float, WindowKey]] = []
+            rng = random.Random(0)
+            now = epoch_seconds(scheduler)
+            emit = observer.on_next
+
+            def open_window(key: WindowKey) -> Accumulator:
+                acc = open_windows[key] = Accumulator(keep_samples, spread)
+                heapq.heappush(deadlines, (key[2] + close_after, key))
+                return acc
+
+            def on_next(item: Record) -> None:
+                if type(item) is not Reading:
+                    emit(item)
+                    return
+                try:
+                    ts = item.ts
+                    if ts > now + MAX_FUTURE_S:
+                        counters.inc(component, "future_ts")
+                        return
+                    value = float(item.value)
+                    if tumbling:
+                        start = math.floor(ts / size) * size
+                        if start + close_after <= now:
+                            counters.inc(component, "late")
+                            return
+                        key = (item.device, item.metric, start)
+                        acc = open_windows.get(key) or open_window(key)
+                        acc.add(value, rng)
+                        return
+                    added = False
+                    first = math.floor((ts - size) / slide_s) + 1
+                    for k in range(math.floor(ts / slide_s), first - 1, -1):
+                        start = k * slide_s
+                        if start + close_after > now:
+                            key = (item.device, item.metric, start)
+                            acc = open_windows.get(key) or open_window(key)
+                            acc.add(value, rng)
+                            added = True
+                    if not added:
+                        counters.inc(component, "late")
+                except Exception:  # the per-item boundary: count, drop, carry on
+                    counters.inc(component, "error")
+
+            def close(until: float) -> None:
+                while deadlines and deadlines[0][0] <= until:
+                    _, key = heapq.heappop(deadlines)
+                    acc = open_windows.pop(key)
+                    device, metric, start = key
+                    try:
+                        stats = acc.stats(names)
+                    except Exception:  # a window that cannot be summarised is dropped
+                        counters.inc(component, "error")
+                        continue
+                    emit(
+                        Aggregate(
+                            pipeline, step, device, metric, start, start + size, acc.count, stats
+                        )
+                    )
+
+            def on_tick() -> None:
+                nonlocal now
+                now = epoch_seconds(scheduler)
+                close(now)
+
+            def on_error(error: Exception) -> None:
+                ticker.dispose()
+                observer.on_error(error)
+
+            def on_completed() -> None:
+                ticker.dispose()
+                close(math.inf)
+                observer.on_completed()
+
+            ticker = every(scheduler, tick_period, on_tick)
+            subscription = source.subscribe(on_next, on_error, on_completed, scheduler=scheduler_)
+            return CompositeDisposable(ticker, subscription)
+
+        return Observable(subscribe)
+
+    return operator
