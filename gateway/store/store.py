@@ -1,0 +1,638 @@
+"""The local SQLite store and the durable outbox.
+
+Every SQLite call runs on one dedicated writer thread, which owns the connection; the event
+loop only appends to in-memory pending lists (O(1) per item) and awaits the thread. The
+flusher (``run``) commits everything pending as ONE transaction, so an aggregate and the
+outbox row that forwards it become durable together or not at all.
+
+Failure policy of a batch:
+
+* ``sqlite3.OperationalError`` (locked, I/O error, disk full...) and other database errors:
+  the whole batch is rolled back, put back in front of the pending lists, counted as
+  ``write_errors`` and retried with capped exponential backoff. Nothing is lost while the
+  process lives.
+* An item SQLite cannot take (an unbindable value, stats that are not JSON...): the batch
+  is retried row by row in one transaction; only the bad rows are dropped and counted as
+  ``rejected``, so one poison item can never wedge the store.
+
+Pending items are not bounded yet: while the disk refuses writes they accumulate in memory.
+
+Retention (every ``retention.interval`` in ``run``, or ``enforce_retention``) deletes readings
+whose ``ts`` is older than ``max_age`` (by the injected clock), the oldest inserted readings
+beyond ``max_rows`` and the oldest dead letters beyond ``dead_letters_max_rows``, in jobs of
+at most ``RETENTION_DELETE_ROWS`` deletes, so a batch never waits long behind it. Outbox rows
+leave only when acked.
+
+Counters (component ``store``): ``readings_written``, ``duplicates``, ``dead_letters``,
+``rejected``, ``retention_deleted``, ``write_errors``, ``lost_on_close``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import random
+import sqlite3
+import time
+from collections.abc import Callable, Iterable, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from functools import partial
+from operator import attrgetter
+from types import TracebackType
+from typing import Any, Self, TypeVar
+
+import orjson
+from sqlite_utils import Database
+
+from gateway.counters import Counters
+from gateway.model import Aggregate, Alert, Reading
+from gateway.store.config import StoreConfig
+from gateway.store.schema import create_schema
+
+log = logging.getLogger("gateway.store")
+
+T = TypeVar("T")
+
+COMPONENT = "store"
+DEAD_LETTER_RAW_MAX = 64 * 1024
+"""Bytes of a dead letter's raw payload that are kept."""
+BUSY_TIMEOUT_MS = 5000
+RETENTION_SCAN_ROWS = 50_000
+"""Rowid span one age-retention job scans (about 3 ms per 50k rows)."""
+RETENTION_DELETE_ROWS = 2_000
+"""Rows one retention job deletes at most (about 10 ms with both reading indexes)."""
+RETRY_INITIAL = 0.1
+RETRY_MAX = 10.0
+
+_INSERT_READING = (
+    "INSERT OR IGNORE INTO readings (source, device, metric, ts, value, seq)"
+    " VALUES (?, ?, ?, ?, ?, ?)"
+)
+_INSERT_AGGREGATE = (
+    'INSERT INTO aggregates (pipeline, step, device, metric, "start", "end", count, stats)'
+    " VALUES (?, ?, ?, ?, ?, ?, ?, ?)"
+)
+_INSERT_ALERT = (
+    "INSERT INTO alerts (pipeline, step, device, metric, kind, state, severity, ts, value,"
+    " threshold, message) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
+)
+_INSERT_DEAD_LETTER = (
+    "INSERT INTO dead_letters (source, ts, reason, detail, raw) VALUES (?, ?, ?, ?, ?)"
+)
+_INSERT_OUTBOX = (
+    "INSERT INTO outbox (sink, msg_id, topic, payload, qos, created) VALUES (?, ?, ?, ?, ?, ?)"
+)
+
+_reading_row = attrgetter("source", "device", "metric", "ts", "value", "seq")
+_alert_row = attrgetter(
+    "pipeline",
+    "step",
+    "device",
+    "metric",
+    "kind",
+    "state",
+    "severity",
+    "ts",
+    "value",
+    "threshold",
+    "message",
+)
+
+# Errors that belong to one item, not to the database: retrying the batch cannot help.
+_ITEM_ERRORS: tuple[type[Exception], ...] = (
+    sqlite3.IntegrityError,
+    sqlite3.InterfaceError,
+    sqlite3.ProgrammingError,
+    sqlite3.DataError,
+    AttributeError,
+    OverflowError,
+    TypeError,
+    ValueError,
+)
+
+DeadLetterRow = tuple[str, float, str, str, bytes]
+OutboxInsert = tuple[str, str, str, bytes, int, float]
+_Step = tuple[int, int | None]
+"""One retention job's result: rows deleted, and where to go on (None: done)."""
+
+
+@dataclass(frozen=True, slots=True)
+class OutboxRow:
+    """One message waiting for its sink."""
+
+    id: int
+    msg_id: str
+    topic: str
+    payload: bytes
+    qos: int
+    attempts: int
+
+
+@dataclass(slots=True)
+class _Batch:
+    """What one transaction writes; ``upto`` is the add sequence number it covers."""
+
+    upto: int
+    readings: list[Reading] = field(default_factory=list)
+    aggregates: list[Aggregate] = field(default_factory=list)
+    alerts: list[Alert] = field(default_factory=list)
+    dead_letters: list[DeadLetterRow] = field(default_factory=list)
+    outbox: list[OutboxInsert] = field(default_factory=list)
+
+    @property
+    def size(self) -> int:
+        return (
+            len(self.readings)
+            + len(self.aggregates)
+            + len(self.alerts)
+            + len(self.dead_letters)
+            + len(self.outbox)
+        )
+
+
+@dataclass(frozen=True, slots=True)
+class _Written:
+    """What a committed batch did, reported back to the loop thread."""
+
+    readings: int
+    duplicates: int
+    dead_letters: int
+    rejected: int
+    outbox_sinks: frozenset[str]
+
+
+def _aggregate_row(a: Aggregate) -> tuple[Any, ...]:
+    stats = orjson.dumps(a.stats).decode()
+    return (a.pipeline, a.step, a.device, a.metric, a.start, a.end, a.count, stats)
+
+
+def _same_row(row: tuple[Any, ...]) -> tuple[Any, ...]:
+    return row
+
+
+def _retry_delay(attempt: int) -> float:
+    """Capped exponential backoff with jitter in [cap/2, cap]."""
+    cap = min(RETRY_MAX, RETRY_INITIAL * 2 ** min(attempt, 32))
+    return random.uniform(cap / 2, cap)
+
+
+class Store:
+    """Readings, aggregates, alerts, dead letters and the outbox in one SQLite file.
+
+    Loop-side ``add_*`` methods only queue; ``run`` (or ``flush``) commits. Usable as
+    ``async with Store(...) as store:``.
+    """
+
+    def __init__(
+        self, config: StoreConfig, counters: Counters, clock: Callable[[], float] = time.time
+    ) -> None:
+        self.config = config
+        self._counters = counters
+        self._clock = clock
+        self.outbox_ready = asyncio.Event()
+        """Set after a commit that added outbox rows (for any sink)."""
+        self._sink_events: dict[str, asyncio.Event] = {}
+        self._executor: ThreadPoolExecutor | None = None
+        self._db: Database | None = None  # touched only on the writer thread
+        # pending work, loop thread only
+        self._readings: list[Reading] = []
+        self._aggregates: list[Aggregate] = []
+        self._alerts: list[Alert] = []
+        self._dead_letters: list[DeadLetterRow] = []
+        self._outbox: list[OutboxInsert] = []
+        self._n_pending = 0
+        self._added = 0  # sequence number of the last add
+        self._committed_upto = 0  # every add up to this sequence number is committed
+        self._inflight: asyncio.Future[_Written] | None = None
+        self._wake = asyncio.Event()
+
+    # ------------------------------------------------------------------ lifecycle
+
+    async def open(self) -> None:
+        """Start the writer thread, open the file (WAL) and create the schema."""
+        if self._executor is not None:
+            raise RuntimeError("store is already open")
+        self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="store-writer")
+        try:
+            await self._call(self._open_db)
+        except BaseException:
+            self._executor.shutdown(wait=False)
+            self._executor = None
+            raise
+        log.info("store %s open (synchronous=%s)", self.config.path, self.config.synchronous)
+
+    async def close(self) -> None:
+        """Commit everything pending, then close the file and stop the writer thread."""
+        if self._executor is None:
+            return
+        try:
+            await self.flush()
+        except sqlite3.Error as exc:
+            lost = self._n_pending
+            self._counters.inc(COMPONENT, "lost_on_close", lost)
+            log.error("store: final flush failed (%s); %d pending items lost", exc, lost)
+        finally:
+            try:
+                await self._call(self._close_db)
+            finally:
+                self._executor.shutdown(wait=False)
+                self._executor = None
+
+    async def __aenter__(self) -> Self:
+        await self.open()
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        await self.close()
+
+    # ------------------------------------------------------------------ loop side: queue
+
+    @property
+    def pending(self) -> int:
+        """Items added but not yet committed."""
+        return self._n_pending
+
+    def add_readings(self, readings: Iterable[Reading]) -> None:
+        """Queue readings; one already stored with the same (source, device, metric, seq)
+        is ignored on commit."""
+        before = len(self._readings)
+        try:
+            self._readings.extend(readings)
+        finally:  # an iterable that fails midway still leaves a consistent count
+            self._queued(len(self._readings) - before)
+
+    def add_aggregate(self, agg: Aggregate) -> None:
+        """Queue one aggregate."""
+        self._aggregates.append(agg)
+        self._queued(1)
+
+    def add_alert(self, alert: Alert) -> None:
+        """Queue one alert transition."""
+        self._alerts.append(alert)
+        self._queued(1)
+
+    def add_outbox(self, sink: str, msg_id: str, topic: str, payload: bytes, qos: int) -> None:
+        """Queue one message for ``sink``; it commits with whatever was queued before it."""
+        self._outbox.append((sink, msg_id, topic, payload, qos, self._clock()))
+        self._queued(1)
+
+    def add_dead_letter(self, source: str, reason: str, detail: str, raw: bytes, ts: float) -> None:
+        """Queue rejected input; ``raw`` is cut to ``DEAD_LETTER_RAW_MAX`` bytes."""
+        self._dead_letters.append((source, ts, reason, detail, raw[:DEAD_LETTER_RAW_MAX]))
+        self._queued(1)
+
+    def _queued(self, n: int) -> None:
+        if n <= 0:
+            return
+        self._added += 1
+        self._n_pending += n
+        if self._n_pending >= self.config.batch_max and not self._wake.is_set():
+            self._wake.set()
+
+    # ------------------------------------------------------------------ loop side: commit
+
+    async def flush(self) -> None:
+        """Return once everything added before this call is committed.
+
+        Raises the database error if a commit fails; the items then stay pending.
+        """
+        target = self._added
+        while self._committed_upto < target:
+            await self._commit_once()
+
+    async def run(self) -> None:
+        """The background flusher and retention; runs until cancelled, then flushes."""
+        try:
+            async with asyncio.TaskGroup() as tg:
+                tg.create_task(self._flusher(), name="store.flusher")
+                tg.create_task(self._retention_loop(), name="store.retention")
+        except asyncio.CancelledError:
+            try:
+                await self.flush()
+            except sqlite3.Error as exc:
+                log.error("store: final flush failed (%s); %d items pending", exc, self._n_pending)
+            raise
+
+    async def _flusher(self) -> None:
+        attempt = 0
+        while True:
+            if self._n_pending < self.config.batch_max:
+                with contextlib.suppress(TimeoutError):
+                    async with asyncio.timeout(self.config.batch_interval):
+                        await self._wake.wait()
+            self._wake.clear()
+            try:
+                await self._commit_once()
+            except sqlite3.Error:
+                delay = _retry_delay(attempt)
+                attempt += 1
+                log.warning("store: retrying the batch in %.2fs", delay)
+                await asyncio.sleep(delay)
+            else:
+                attempt = 0
+
+    async def _commit_once(self) -> None:
+        """Commit what is pending now as one transaction (after any batch in flight)."""
+        while self._inflight is not None:
+            await asyncio.wait((self._inflight,))
+        if self._executor is None:
+            raise RuntimeError("store is not open")
+        if self._n_pending == 0:
+            self._committed_upto = self._added
+            return
+        batch = _Batch(
+            self._added,
+            self._readings,
+            self._aggregates,
+            self._alerts,
+            self._dead_letters,
+            self._outbox,
+        )
+        self._readings, self._aggregates, self._alerts = [], [], []
+        self._dead_letters, self._outbox = [], []
+        self._n_pending = 0
+        fut = self._submit(self._write_batch, batch)
+        self._inflight = fut
+        # The callback does the bookkeeping even if the awaiting task is cancelled meanwhile.
+        fut.add_done_callback(partial(self._on_written, batch))
+        await asyncio.wait((fut,))
+        if (exc := fut.exception()) is not None:
+            raise exc
+
+    def _on_written(self, batch: _Batch, fut: asyncio.Future[_Written]) -> None:
+        self._inflight = None
+        exc = None if fut.cancelled() else fut.exception()
+        if fut.cancelled() or exc is not None:
+            # Put the batch back in front, so order is kept and nothing is lost.
+            self._readings[:0] = batch.readings
+            self._aggregates[:0] = batch.aggregates
+            self._alerts[:0] = batch.alerts
+            self._dead_letters[:0] = batch.dead_letters
+            self._outbox[:0] = batch.outbox
+            self._n_pending += batch.size
+            self._counters.inc(COMPONENT, "write_errors")
+            log.error("store: committing %d items failed: %r", batch.size, exc)
+            return
+        written = fut.result()
+        self._committed_upto = max(self._committed_upto, batch.upto)
+        c = self._counters
+        c.inc(COMPONENT, "readings_written", written.readings)
+        c.inc(COMPONENT, "duplicates", written.duplicates)
+        c.inc(COMPONENT, "dead_letters", written.dead_letters)
+        if written.rejected:
+            c.inc(COMPONENT, "rejected", written.rejected)
+            log.error("store: dropped %d items SQLite could not store", written.rejected)
+        if written.outbox_sinks:
+            self.outbox_ready.set()
+            for sink in written.outbox_sinks:
+                if (event := self._sink_events.get(sink)) is not None:
+                    event.set()
+
+    def outbox_signal(self, sink: str) -> asyncio.Event:
+        """An event set after a commit that added rows for ``sink`` only (the caller clears
+        it); unlike ``outbox_ready`` one forwarder clearing it cannot hide work from another."""
+        return self._sink_events.setdefault(sink, asyncio.Event())
+
+    # ------------------------------------------------------------------ loop side: outbox, reads
+
+    async def outbox_take(self, sink: str, limit: int) -> list[OutboxRow]:
+        """The oldest ``limit`` committed rows of ``sink``; they stay until acked."""
+        return await self._call(self._outbox_take, sink, limit)
+
+    async def outbox_ack(self, ids: Sequence[int]) -> None:
+        """Delete delivered rows."""
+        if ids:
+            await self._call(self._outbox_update, "DELETE FROM outbox WHERE id = ?", ids)
+
+    async def outbox_failed(self, ids: Sequence[int]) -> None:
+        """Count one more failed delivery attempt on each row."""
+        if ids:
+            sql = "UPDATE outbox SET attempts = attempts + 1 WHERE id = ?"
+            await self._call(self._outbox_update, sql, ids)
+
+    async def outbox_depth(self, sink: str | None = None) -> int:
+        """Committed outbox rows, of one sink or of all."""
+        if sink is None:
+            rows = await self.query("SELECT count(*) AS n FROM outbox")
+        else:
+            rows = await self.query("SELECT count(*) AS n FROM outbox WHERE sink = ?", (sink,))
+        return int(rows[0]["n"])
+
+    async def query(self, sql: str, params: Sequence[Any] = ()) -> list[dict[str, Any]]:
+        """Run a read-only query on the writer thread; rows as dicts."""
+        return await self._call(self._query, sql, params)
+
+    # ------------------------------------------------------------------ retention
+
+    async def enforce_retention(self) -> int:
+        """One retention pass now, in short jobs that batches interleave with; rows deleted."""
+        retention = self.config.retention
+        deleted = 0
+        if retention.max_age is not None:
+            cutoff = self._clock() - retention.max_age
+            pos, last = await self._call(self._rowid_span, "readings")
+            while pos is not None:
+                n, pos = await self._retention_job(self._delete_expired, pos, last, cutoff)
+                deleted += n
+        if retention.max_rows is not None:
+            deleted += await self._trim("readings", retention.max_rows)
+        deleted += await self._trim("dead_letters", self.config.dead_letters_max_rows)
+        return deleted
+
+    async def _trim(self, table: str, keep: int) -> int:
+        """Delete the oldest inserted rows of ``table`` beyond ``keep``."""
+        first_kept = await self._call(self._first_kept_rowid, table, keep)
+        deleted = 0
+        more = first_kept
+        while more is not None:
+            n, more = await self._retention_job(self._delete_before, table, more)
+            deleted += n
+        return deleted
+
+    async def _retention_loop(self) -> None:
+        while True:
+            try:
+                await self.enforce_retention()
+            except sqlite3.Error as exc:
+                self._counters.inc(COMPONENT, "write_errors")
+                log.error("store: retention failed: %r", exc)
+            await asyncio.sleep(self.config.retention.interval)
+
+    async def _retention_job(self, fn: Callable[..., _Step], *args: Any) -> _Step:
+        fut = self._submit(fn, *args)
+        fut.add_done_callback(self._count_retention)  # counts even if we are cancelled
+        return await asyncio.shield(fut)
+
+    def _count_retention(self, fut: asyncio.Future[_Step]) -> None:
+        if not fut.cancelled() and fut.exception() is None:
+            self._counters.inc(COMPONENT, "retention_deleted", fut.result()[0])
+
+    # ------------------------------------------------------------------ thread hop
+
+    def _submit(self, fn: Callable[..., T], *args: Any) -> asyncio.Future[T]:
+        if self._executor is None:
+            raise RuntimeError("store is not open")
+        return asyncio.get_running_loop().run_in_executor(self._executor, fn, *args)
+
+    async def _call(self, fn: Callable[..., T], *args: Any) -> T:
+        return await self._submit(fn, *args)
+
+    # ------------------------------------------------------------------ writer thread only
+
+    def _database(self) -> Database:
+        if self._db is None:
+            raise RuntimeError("store is not open")
+        return self._db
+
+    def _open_db(self) -> None:
+        conn = sqlite3.connect(self.config.path)
+        db = Database(conn, execute_plugins=False)
+        try:
+            db.execute(f"PRAGMA busy_timeout = {BUSY_TIMEOUT_MS}")
+            db.enable_wal()
+            db.execute(f"PRAGMA synchronous = {self.config.synchronous.upper()}")
+            create_schema(db)
+        except BaseException:
+            db.close()
+            raise
+        self._db = db
+
+    def _close_db(self) -> None:
+        if self._db is not None:
+            self._db.close()
+            self._db = None
+
+    def _write_batch(self, batch: _Batch) -> _Written:
+        db = self._database()
+        try:
+            with db.atomic():
+                return self._insert(db.conn, batch, isolate=False)
+        except sqlite3.OperationalError:
+            raise
+        except _ITEM_ERRORS:
+            with db.atomic():
+                return self._insert(db.conn, batch, isolate=True)
+
+    def _insert(self, conn: sqlite3.Connection, batch: _Batch, *, isolate: bool) -> _Written:
+        """Insert every kind of item; with ``isolate`` row by row, skipping bad rows."""
+        run = _insert_each if isolate else _insert_many
+        readings, bad_readings = run(conn, _INSERT_READING, _reading_row, batch.readings)
+        rejected = bad_readings
+        _, bad = run(conn, _INSERT_AGGREGATE, _aggregate_row, batch.aggregates)
+        rejected += bad
+        _, bad = run(conn, _INSERT_ALERT, _alert_row, batch.alerts)
+        rejected += bad
+        dead_letters, bad = run(conn, _INSERT_DEAD_LETTER, _same_row, batch.dead_letters)
+        rejected += bad
+        outbox, bad = run(conn, _INSERT_OUTBOX, _same_row, batch.outbox)
+        rejected += bad
+        duplicates = len(batch.readings) - readings - bad_readings
+        sinks = frozenset(row[0] for row in batch.outbox) if outbox else frozenset()
+        return _Written(readings, duplicates, dead_letters, rejected, sinks)
+
+    def _outbox_take(self, sink: str, limit: int) -> list[OutboxRow]:
+        cursor = self._database().execute(
+            "SELECT id, msg_id, topic, payload, qos, attempts FROM outbox"
+            " WHERE sink = ? ORDER BY id LIMIT ?",
+            (sink, limit),
+        )
+        return [OutboxRow(*row) for row in cursor]
+
+    def _outbox_update(self, sql: str, ids: Sequence[int]) -> None:
+        db = self._database()
+        with db.atomic():
+            db.conn.executemany(sql, ((i,) for i in ids))
+
+    def _query(self, sql: str, params: Sequence[Any]) -> list[dict[str, Any]]:
+        return list(self._database().query(sql, params))
+
+    def _rowid_span(self, table: str) -> tuple[int | None, int]:
+        """First and last rowid of ``table`` (None, 0 when empty); two O(log n) lookups."""
+        db = self._database()
+        first = db.execute(f"SELECT rowid FROM {table} ORDER BY rowid LIMIT 1").fetchone()
+        last = db.execute(f"SELECT rowid FROM {table} ORDER BY rowid DESC LIMIT 1").fetchone()
+        if first is None or last is None:
+            return None, 0
+        return int(first[0]), int(last[0])
+
+    def _delete_expired(self, lo: int, last: int, cutoff: float) -> _Step:
+        """Delete up to RETENTION_DELETE_ROWS readings with ``ts < cutoff`` and a rowid in
+        ``[lo, lo + RETENTION_SCAN_ROWS)``; return (deleted, next ``lo`` or None when past
+        ``last``).
+
+        Sweeping rowid spans keeps each job short without an index on ``ts`` (which would cost
+        every insert) and still finds late-arriving old readings anywhere in the table.
+        """
+        hi = lo + RETENTION_SCAN_ROWS
+        deleted = self._delete_where(
+            "readings",
+            "rowid IN (SELECT rowid FROM readings WHERE rowid >= ? AND rowid < ? AND ts < ?"
+            " LIMIT ?)",
+            (lo, hi, cutoff, RETENTION_DELETE_ROWS),
+        )
+        if deleted == RETENTION_DELETE_ROWS:
+            return deleted, lo  # the span may hold more
+        row = (
+            self._database()
+            .execute("SELECT rowid FROM readings WHERE rowid >= ? ORDER BY rowid LIMIT 1", (hi,))
+            .fetchone()
+        )
+        if row is None or row[0] > last:
+            return deleted, None
+        return deleted, int(row[0])  # skip gaps in the rowids
+
+    def _first_kept_rowid(self, table: str, keep: int) -> int | None:
+        """Rowid of the ``keep``-th newest row of ``table``, or None if it has fewer rows."""
+        row = (
+            self._database()
+            .execute(f"SELECT rowid FROM {table} ORDER BY rowid DESC LIMIT 1 OFFSET ?", (keep - 1,))
+            .fetchone()
+        )
+        return None if row is None else int(row[0])
+
+    def _delete_before(self, table: str, rowid: int) -> _Step:
+        """Delete up to RETENTION_DELETE_ROWS of the oldest rows with a rowid below ``rowid``;
+        return (deleted, ``rowid`` again if there may be more, else None)."""
+        deleted = self._delete_where(
+            table,
+            f"rowid IN (SELECT rowid FROM {table} WHERE rowid < ? ORDER BY rowid LIMIT ?)",
+            (rowid, RETENTION_DELETE_ROWS),
+        )
+        return deleted, (rowid if deleted == RETENTION_DELETE_ROWS else None)
+
+    def _delete_where(self, table: str, where: str, args: Sequence[Any]) -> int:
+        db = self._database()
+        before = db.conn.total_changes
+        db.table(table).delete_where(where, args)
+        return db.conn.total_changes - before
+
+
+def _insert_many(
+    conn: sqlite3.Connection, sql: str, to_row: Callable[[Any], Sequence[Any]], items: list[Any]
+) -> tuple[int, int]:
+    """One ``executemany``; returns (rows changed, 0)."""
+    if not items:
+        return 0, 0
+    return conn.executemany(sql, map(to_row, items)).rowcount, 0
+
+
+def _insert_each(
+    conn: sqlite3.Connection, sql: str, to_row: Callable[[Any], Sequence[Any]], items: list[Any]
+) -> tuple[int, int]:
+    """Row by row, skipping rows SQLite refuses; returns (rows changed, rows rejected)."""
+    changed = rejected = 0
+    for item in items:
+        try:
+            changed += conn.execute(sql, to_row(item)).rowcount
+        except _ITEM_ERRORS as exc:
+            if not rejected:
+                log.warning("store: dropping an item (%s): %r", sql.split("(")[0].strip(), exc)
+            rejected += 1
+    return changed, rejected

@@ -1,0 +1,525 @@
+"""The SQLite store and outbox, on a real file in tmp_path."""
+
+from __future__ import annotations
+
+import asyncio
+import sqlite3
+from collections.abc import AsyncIterator, Callable
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from gateway.counters import Counters
+from gateway.model import Aggregate, Alert, Reading
+from gateway.store import store as store_module
+from gateway.store.config import RetentionConfig, StoreConfig
+from gateway.store.schema import SCHEMA_VERSION, SchemaVersionError
+from gateway.store.store import DEAD_LETTER_RAW_MAX, OutboxRow, Store
+
+DAY = 86400.0
+NOW = 1_700_000_000.0
+
+
+class WatchedCounters(Counters):
+    """Counters that let a test await a count instead of polling it."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.changed = asyncio.Event()
+
+    def inc(self, component: str, name: str, n: int = 1) -> None:
+        super().inc(component, name, n)
+        self.changed.set()
+
+    async def reach(self, name: str, at_least: int = 1) -> None:
+        async with asyncio.timeout(10):
+            while self.get("store", name) < at_least:
+                self.changed.clear()
+                await self.changed.wait()
+
+
+class FakeClock:
+    def __init__(self, now: float = NOW) -> None:
+        self.now = now
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def reading(i: int, *, ts: float = NOW, seq: int | None = None, device: str = "d1") -> Reading:
+    return Reading("mqtt", device, "temp", float(i), ts, seq)
+
+
+def aggregate(n: int = 3) -> Aggregate:
+    return Aggregate("p1", "avg", "d1", "temp", NOW - 60, NOW, n, {"mean": 21.5, "max": 23.0})
+
+
+def alert() -> Alert:
+    return Alert("p1", "hi", "d1", "temp", "threshold", "raised", "warning", NOW, 99.0, 90.0, "hot")
+
+
+@pytest.fixture
+def counters() -> WatchedCounters:
+    return WatchedCounters()
+
+
+@pytest.fixture
+def clock() -> FakeClock:
+    return FakeClock()
+
+
+@pytest.fixture
+def make_store(tmp_path: Path, counters: Counters, clock: FakeClock) -> Callable[..., Store]:
+    """Build (not open) a store on ``tmp_path/gw.db``; keyword arguments go to StoreConfig."""
+
+    def make(**config: Any) -> Store:
+        return Store(StoreConfig(path=tmp_path / "gw.db", **config), counters, clock)
+
+    return make
+
+
+@pytest.fixture
+async def store(make_store: Callable[..., Store]) -> AsyncIterator[Store]:
+    async with make_store() as s:
+        yield s
+
+
+async def count(store: Store, table: str) -> int:
+    rows = await store.query(f"SELECT count(*) AS n FROM {table}")
+    return int(rows[0]["n"])
+
+
+def outside(tmp_path: Path, sql: str) -> None:
+    """Run DDL from a second connection, as another process would."""
+    with sqlite3.connect(tmp_path / "gw.db") as conn:
+        conn.execute(sql)
+    conn.close()
+
+
+# Makes every outbox insert fail at run time with sqlite3.OperationalError ("malformed JSON"),
+# the way a full disk or an I/O error would, until the trigger is dropped.
+BREAK_OUTBOX = "CREATE TRIGGER break_outbox BEFORE INSERT ON outbox BEGIN SELECT json('{'); END"
+
+
+# --------------------------------------------------------------------- readings
+
+
+async def test_readings_are_committed_and_queryable(store: Store, counters: Counters) -> None:
+    store.add_readings([reading(1, seq=1), reading(2, seq=2, device="d2")])
+    await store.flush()
+
+    rows = await store.query("SELECT source, device, metric, ts, value, seq FROM readings")
+    assert rows == [
+        {"source": "mqtt", "device": "d1", "metric": "temp", "ts": NOW, "value": 1.0, "seq": 1},
+        {"source": "mqtt", "device": "d2", "metric": "temp", "ts": NOW, "value": 2.0, "seq": 2},
+    ]
+    assert counters.get("store", "readings_written") == 2
+    assert store.pending == 0
+
+
+async def test_a_resent_reading_with_the_same_seq_is_stored_once(
+    store: Store, counters: Counters
+) -> None:
+    store.add_readings([reading(1, seq=7), reading(1, seq=7)])  # twice in one batch
+    await store.flush()
+    store.add_readings([reading(1, seq=7), reading(1, seq=8)])  # and again later
+    await store.flush()
+
+    assert [r["seq"] for r in await store.query("SELECT seq FROM readings")] == [7, 8]
+    assert counters.get("store", "readings_written") == 2
+    assert counters.get("store", "duplicates") == 2
+
+
+async def test_readings_without_seq_are_never_deduplicated(store: Store) -> None:
+    store.add_readings([reading(1), reading(1)])
+    await store.flush()
+    assert await count(store, "readings") == 2
+
+
+async def test_the_same_seq_from_another_device_is_not_a_duplicate(store: Store) -> None:
+    store.add_readings([reading(1, seq=1), reading(1, seq=1, device="d2")])
+    await store.flush()
+    assert await count(store, "readings") == 2
+
+
+# --------------------------------------------------------------------- batches
+
+
+async def test_aggregate_alert_and_outbox_are_stored(store: Store) -> None:
+    store.add_aggregate(aggregate())
+    store.add_alert(alert())
+    store.add_outbox("up", "m1", "t/agg", b'{"mean":21.5}', 1)
+    await store.flush()
+
+    [agg] = await store.query("SELECT * FROM aggregates")
+    assert agg["stats"] == '{"mean":21.5,"max":23.0}'
+    assert (agg["start"], agg["end"], agg["count"]) == (NOW - 60, NOW, 3)
+    [al] = await store.query("SELECT kind, state, severity, value, threshold FROM alerts")
+    assert al == {
+        "kind": "threshold",
+        "state": "raised",
+        "severity": "warning",
+        "value": 99.0,
+        "threshold": 90.0,
+    }
+    [row] = await store.outbox_take("up", 10)
+    assert (row.msg_id, row.topic, row.payload, row.qos, row.attempts) == (
+        "m1",
+        "t/agg",
+        b'{"mean":21.5}',
+        1,
+        0,
+    )
+
+
+async def test_aggregate_and_its_outbox_row_commit_in_one_transaction(
+    store: Store, tmp_path: Path, counters: Counters
+) -> None:
+    outside(tmp_path, BREAK_OUTBOX)  # the outbox insert now fails with OperationalError
+    store.add_aggregate(aggregate())
+    store.add_outbox("up", "m1", "t/agg", b"{}", 1)
+
+    with pytest.raises(sqlite3.OperationalError):
+        await store.flush()
+
+    assert await count(store, "aggregates") == 0  # rolled back with the outbox row
+    assert store.pending == 2  # kept for the next attempt
+    assert counters.get("store", "write_errors") == 1
+
+    outside(tmp_path, "DROP TRIGGER break_outbox")
+    await store.flush()
+    assert await count(store, "aggregates") == 1
+    assert await store.outbox_depth("up") == 1
+    assert store.pending == 0
+
+
+async def test_a_failed_batch_is_retried_in_order(store: Store, tmp_path: Path) -> None:
+    outside(tmp_path, BREAK_OUTBOX)
+    store.add_outbox("up", "m1", "t", b"1", 1)
+    with pytest.raises(sqlite3.OperationalError):
+        await store.flush()
+    store.add_outbox("up", "m2", "t", b"2", 1)
+    outside(tmp_path, "DROP TRIGGER break_outbox")
+    await store.flush()
+    assert [r.msg_id for r in await store.outbox_take("up", 10)] == ["m1", "m2"]
+
+
+async def test_an_item_sqlite_cannot_store_is_dropped_alone(
+    store: Store, counters: Counters
+) -> None:
+    bad = Aggregate("p1", "avg", "d1", "temp", 0.0, 1.0, 1, {"x": object()})  # type: ignore[dict-item]
+    store.add_readings([reading(1, seq=1)])
+    store.add_aggregate(bad)
+    store.add_aggregate(aggregate())
+    store.add_outbox("up", "m1", "t", b"{}", 1)
+    await store.flush()
+
+    assert await count(store, "readings") == 1
+    assert await count(store, "aggregates") == 1
+    assert await store.outbox_depth() == 1
+    assert counters.get("store", "rejected") == 1
+    assert store.pending == 0
+
+
+# --------------------------------------------------------------------- flush and run
+
+
+async def test_flush_with_nothing_pending_returns(store: Store) -> None:
+    await store.flush()
+    store.add_readings([])
+    await store.flush()
+    assert store.pending == 0
+
+
+async def test_flush_returns_when_everything_added_before_it_is_committed(store: Store) -> None:
+    store.add_readings(reading(i) for i in range(10))
+    store.add_dead_letter("mqtt", "bad_json", "x", b"{", NOW)
+    flushing = asyncio.create_task(store.flush())
+    store.add_readings([reading(99)])  # added after flush() was called
+    await flushing
+    assert await count(store, "readings") >= 10
+    assert await count(store, "dead_letters") == 1
+    await store.flush()
+    assert await count(store, "readings") == 11
+
+
+async def test_concurrent_flushes_each_see_their_items(store: Store) -> None:
+    async def add_and_flush(i: int) -> int:
+        store.add_readings([reading(i, seq=i)])
+        await store.flush()
+        return len(await store.query("SELECT 1 FROM readings WHERE seq = ?", (i,)))
+
+    assert await asyncio.gather(*(add_and_flush(i) for i in range(20))) == [1] * 20
+
+
+async def test_add_only_queues_and_the_loop_is_not_blocked(store: Store) -> None:
+    store.add_readings(reading(i, seq=i) for i in range(100_000))
+    assert store.pending == 100_000
+    assert await count(store, "readings") == 0  # nothing was written by add_readings
+
+    ticks = 0
+    flushing = asyncio.create_task(store.flush())
+    while not flushing.done():  # the loop keeps running while the writer thread commits
+        ticks += 1
+        await asyncio.sleep(0)
+    await flushing
+    assert ticks > 1
+    assert await count(store, "readings") == 100_000
+
+
+async def test_run_commits_in_the_background(make_store: Callable[..., Store]) -> None:
+    async with make_store(batch_interval=0.01) as store:
+        task = asyncio.create_task(store.run(), name="store")
+        store.add_outbox("up", "m1", "t", b"x", 1)
+        await asyncio.wait_for(store.outbox_ready.wait(), 5)
+        assert await store.outbox_depth("up") == 1
+        task.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await task
+
+
+async def test_run_commits_as_soon_as_batch_max_is_pending(
+    make_store: Callable[..., Store],
+) -> None:
+    async with make_store(batch_interval=3600, batch_max=5) as store:
+        task = asyncio.create_task(store.run(), name="store")
+        sink = store.outbox_signal("up")
+        for i in range(5):
+            store.add_outbox("up", f"m{i}", "t", b"x", 1)
+        await asyncio.wait_for(sink.wait(), 5)  # long before batch_interval
+        assert await store.outbox_depth("up") == 5
+        task.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await task
+
+
+async def test_cancelling_run_flushes_what_is_pending(make_store: Callable[..., Store]) -> None:
+    async with make_store(batch_interval=3600) as store:
+        task = asyncio.create_task(store.run(), name="store")
+        await asyncio.sleep(0)  # let run() start, so it is inside its try when cancelled
+        store.add_readings(reading(i) for i in range(3))
+        task.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await task
+        assert store.pending == 0
+        assert await count(store, "readings") == 3
+
+
+async def test_the_flusher_survives_a_failing_batch(
+    make_store: Callable[..., Store], tmp_path: Path, counters: WatchedCounters
+) -> None:
+    async with make_store(batch_interval=0.01) as store:
+        outside(tmp_path, BREAK_OUTBOX)
+        task = asyncio.create_task(store.run(), name="store")
+        store.add_outbox("up", "m1", "t", b"x", 1)
+        await counters.reach("write_errors")
+        outside(tmp_path, "DROP TRIGGER break_outbox")
+        await asyncio.wait_for(store.outbox_ready.wait(), 5)  # the retry went through
+        assert not task.done()
+        assert await store.outbox_depth("up") == 1
+        task.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await task
+
+
+async def test_close_flushes(make_store: Callable[..., Store]) -> None:
+    store = make_store()
+    await store.open()
+    store.add_readings([reading(1)])
+    await store.close()
+    async with make_store() as reopened:
+        assert await count(reopened, "readings") == 1
+
+
+# --------------------------------------------------------------------- outbox
+
+
+async def test_outbox_take_ack_and_failed(store: Store) -> None:
+    for i in range(5):
+        store.add_outbox("a", f"a{i}", "t/a", f"{i}".encode(), 1)
+        store.add_outbox("b", f"b{i}", "t/b", b"", 0)
+    await store.flush()
+
+    first = await store.outbox_take("a", 3)
+    assert [r.msg_id for r in first] == ["a0", "a1", "a2"]
+    assert [r.id for r in first] == sorted(r.id for r in first)
+    assert await store.outbox_take("a", 3) == first  # taking does not remove
+
+    await store.outbox_failed([first[1].id])
+    await store.outbox_ack([first[0].id, first[2].id])
+    again = await store.outbox_take("a", 10)
+    assert [(r.msg_id, r.attempts) for r in again] == [("a1", 1), ("a3", 0), ("a4", 0)]
+    assert isinstance(again[0], OutboxRow)
+
+    assert await store.outbox_depth("a") == 3
+    assert await store.outbox_depth("b") == 5
+    assert await store.outbox_depth() == 8
+    await store.outbox_ack([])
+    await store.outbox_failed([])
+
+
+async def test_outbox_ids_are_never_reused(store: Store) -> None:
+    store.add_outbox("a", "m1", "t", b"", 1)
+    await store.flush()
+    [row] = await store.outbox_take("a", 1)
+    await store.outbox_ack([row.id])
+    store.add_outbox("a", "m2", "t", b"", 1)
+    await store.flush()
+    [row2] = await store.outbox_take("a", 1)
+    assert row2.id > row.id
+
+
+async def test_committed_outbox_rows_survive_a_restart(make_store: Callable[..., Store]) -> None:
+    async with make_store(synchronous="full") as store:
+        store.add_outbox("up", "m1", "t/1", b"one", 1)
+        store.add_outbox("up", "m2", "t/2", b"two", 0)
+        await store.flush()
+        [first, _] = await store.outbox_take("up", 10)
+        await store.outbox_failed([first.id])
+
+    async with make_store() as reopened:
+        rows = await reopened.outbox_take("up", 10)
+        assert [(r.msg_id, r.topic, r.payload, r.qos, r.attempts) for r in rows] == [
+            ("m1", "t/1", b"one", 1, 1),
+            ("m2", "t/2", b"two", 0, 0),
+        ]
+        assert await reopened.query("PRAGMA user_version") == [{"user_version": SCHEMA_VERSION}]
+        [mode] = await reopened.query("PRAGMA journal_mode")
+        assert mode == {"journal_mode": "wal"}
+
+
+# --------------------------------------------------------------------- retention
+
+
+@pytest.fixture
+def small_chunks(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Make retention work in many tiny jobs, so the chunking itself is exercised."""
+    monkeypatch.setattr(store_module, "RETENTION_SCAN_ROWS", 7)
+    monkeypatch.setattr(store_module, "RETENTION_DELETE_ROWS", 3)
+
+
+@pytest.mark.usefixtures("small_chunks")
+async def test_retention_by_age(
+    make_store: Callable[..., Store], clock: FakeClock, counters: Counters
+) -> None:
+    retention = RetentionConfig(max_age=7 * DAY, max_rows=None)
+    async with make_store(retention=retention) as store:
+        old = [reading(i, ts=NOW - 8 * DAY, seq=i) for i in range(20)]
+        new = [reading(i, ts=NOW - 1 * DAY, seq=i) for i in range(100, 130)]
+        late = [reading(999, ts=NOW - 30 * DAY, seq=999)]  # arrives last, is oldest
+        store.add_readings(old + new + late)
+        await store.flush()
+
+        assert await store.enforce_retention() == 21
+        assert await count(store, "readings") == 30
+        assert counters.get("store", "retention_deleted") == 21
+
+        clock.now += 7 * DAY  # now the rest is old too
+        assert await store.enforce_retention() == 30
+        assert await count(store, "readings") == 0
+
+
+@pytest.mark.usefixtures("small_chunks")
+async def test_retention_by_max_rows_keeps_the_newest(make_store: Callable[..., Store]) -> None:
+    retention = RetentionConfig(max_age=None, max_rows=20)
+    async with make_store(retention=retention) as store:
+        store.add_readings(reading(i, seq=i) for i in range(50))
+        await store.flush()
+        assert await store.enforce_retention() == 30
+        rows = await store.query("SELECT seq FROM readings ORDER BY seq")
+        assert [r["seq"] for r in rows] == list(range(30, 50))
+        assert await store.enforce_retention() == 0
+
+
+async def test_retention_never_deletes_outbox_rows(make_store: Callable[..., Store]) -> None:
+    retention = RetentionConfig(max_age=1, max_rows=1)
+    async with make_store(retention=retention, dead_letters_max_rows=1) as store:
+        for i in range(5):
+            store.add_outbox("up", f"m{i}", "t", b"", 1)
+        store.add_readings(reading(i, ts=0.0) for i in range(5))
+        await store.flush()
+        await store.enforce_retention()
+        assert await store.outbox_depth() == 5
+        assert await count(store, "readings") == 0
+
+
+async def test_run_enforces_retention(
+    make_store: Callable[..., Store], counters: WatchedCounters
+) -> None:
+    retention = RetentionConfig(max_age=DAY, max_rows=None, interval=3600)
+    async with make_store(retention=retention) as store:
+        store.add_readings([reading(1, ts=NOW - 2 * DAY), reading(2, ts=NOW)])
+        await store.flush()
+        task = asyncio.create_task(store.run(), name="store")
+        await counters.reach("retention_deleted")  # the first pass runs at start
+        task.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await task
+        assert await count(store, "readings") == 1
+
+
+# --------------------------------------------------------------------- dead letters
+
+
+async def test_dead_letter_raw_is_truncated(store: Store, counters: Counters) -> None:
+    store.add_dead_letter("serial0", "bad_line", "no '=' in line", b"x" * 100_000, NOW)
+    await store.flush()
+    [row] = await store.query("SELECT source, ts, reason, detail, raw FROM dead_letters")
+    assert row["raw"] == b"x" * DEAD_LETTER_RAW_MAX
+    assert (row["source"], row["ts"], row["reason"], row["detail"]) == (
+        "serial0",
+        NOW,
+        "bad_line",
+        "no '=' in line",
+    )
+    assert counters.get("store", "dead_letters") == 1
+
+
+@pytest.mark.usefixtures("small_chunks")
+async def test_dead_letters_are_trimmed_oldest_first(make_store: Callable[..., Store]) -> None:
+    async with make_store(dead_letters_max_rows=4) as store:
+        for i in range(10):
+            store.add_dead_letter("s", "r", str(i), b"", NOW + i)
+        await store.flush()
+        assert await store.enforce_retention() == 6
+        rows = await store.query("SELECT detail FROM dead_letters ORDER BY id")
+        assert [r["detail"] for r in rows] == ["6", "7", "8", "9"]
+
+
+# --------------------------------------------------------------------- schema
+
+
+async def test_schema_is_idempotent(make_store: Callable[..., Store]) -> None:
+    async with make_store() as store:
+        store.add_readings([reading(1)])
+    async with make_store() as store:
+        assert await count(store, "readings") == 1
+        indexes = await store.query(
+            "SELECT name FROM sqlite_master WHERE type = 'index' AND name NOT LIKE 'sqlite_%'"
+            " ORDER BY name"
+        )
+        assert [i["name"] for i in indexes] == [
+            "outbox_sink_id",
+            "readings_device_metric_ts",
+            "readings_seq",
+        ]
+
+
+async def test_a_newer_schema_is_refused(make_store: Callable[..., Store], tmp_path: Path) -> None:
+    outside(tmp_path, f"PRAGMA user_version = {SCHEMA_VERSION + 1}")
+    store = make_store()
+    with pytest.raises(SchemaVersionError):
+        await store.open()
+    await store.close()  # closing a store that never opened is harmless
+
+
+def test_config_parses_durations() -> None:
+    config = StoreConfig.model_validate(
+        {"batch_interval": "100ms", "retention": {"max_age": "1d", "interval": "5m"}}
+    )
+    assert config.batch_interval == 0.1
+    assert config.retention.max_age == DAY
+    assert config.retention.interval == 300
+    with pytest.raises(ValueError, match="extra"):
+        StoreConfig.model_validate({"bogus": 1})
