@@ -13,9 +13,11 @@ import signal
 import sys
 import threading
 from collections.abc import Callable, Sequence
+from pathlib import Path
 from types import FrameType
 from typing import TypeAlias
 
+from simulators.demo import DEFAULT_CONFIG, run_demo
 from simulators.mqtt_fleet import BAD_KINDS, DEFAULT_TOPIC, FleetError, run_fleet
 from simulators.serial_device import FORMATS, GARBAGE_KINDS, SerialDevice, run_serial
 from simulators.signals import (
@@ -281,17 +283,33 @@ def build_parser() -> tuple[argparse.ArgumentParser, SubParsers]:
     )
     serial.set_defaults(handler=_cmd_serial)
 
-    # --- demo subcommand -----------------------------------------------------------------
-    # Reserved for `edge-gateway-sim demo` (added in another change). Register it here:
-    #     demo = subparsers.add_parser("demo", formatter_class=_Formatter, help=..., ...)
-    #     add_stream_options(demo, devices=..., rate=...)   # if it drives a stream
-    #     demo.set_defaults(handler=_cmd_demo)   # a Handler: (args, stop) -> exit code
-    # -------------------------------------------------------------------------------------
+    demo = subparsers.add_parser(
+        "demo",
+        formatter_class=_Formatter,
+        help="run brokers, simulators and the gateway together and show what goes upstream",
+        description="Start two private mosquitto brokers, an MQTT fleet with an overheating "
+        "device, a serial sensor on a pty, and `edge-gateway run` with config/demo.yaml.",
+    )
+    demo.add_argument(
+        "--duration",
+        type=_duration,
+        default="60s",
+        metavar="TIME",
+        help="how long the simulated devices run",
+    )
+    demo.add_argument("--devices", type=_positive_int, default=5, help="MQTT fleet size")
+    demo.add_argument("--rate", type=_rate, default=20.0, help="fleet readings per second")
+    demo.add_argument("--config", default=str(DEFAULT_CONFIG), help="gateway config to run")
+    demo.set_defaults(handler=_cmd_demo)
 
     return parser, subparsers
 
 
 # --------------------------------------------------------------------------- commands
+
+
+def _cmd_demo(args: argparse.Namespace, stop: threading.Event) -> int:
+    return run_demo(args.duration, Path(args.config), args.devices, args.rate or 20.0, stop)
 
 
 def _cmd_mqtt(args: argparse.Namespace, stop: threading.Event) -> int:

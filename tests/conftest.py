@@ -44,13 +44,21 @@ class Broker:
     port: int = field(default_factory=free_port)
     host: str = "127.0.0.1"
     proc: subprocess.Popen[bytes] | None = None
+    persistence: bool = False
 
     def start(self) -> None:
         conf = self.workdir / f"mosquitto-{self.port}.conf"
+        store = self.workdir / f"mosquitto-{self.port}-data"
+        store.mkdir(exist_ok=True)
+        persist = (
+            f"persistence true\npersistence_location {store}/\nautosave_interval 0\n"
+            if self.persistence
+            else "persistence false\n"
+        )
         conf.write_text(
             f"listener {self.port} 127.0.0.1\n"
             "allow_anonymous true\n"
-            "persistence false\n"
+            f"{persist}"
             "max_queued_messages 100000\n"
             "max_inflight_messages 100\n"
             "log_dest stderr\n"

@@ -18,7 +18,7 @@ class StrictModel(BaseModel):
 
 
 def parse_duration(value: Any) -> float:
-    """Turn ``"500ms"``, ``"10s"``, ``"5m"``, ``"1h"``, ``"7d"`` or a number of seconds into seconds."""
+    """Turn ``"500ms"``, ``"10s"``, ``"5m"``, ``"1h"``, ``"7d"`` or a plain number into seconds."""
     if isinstance(value, bool):
         raise ValueError("expected a duration such as 10s, 5m or 1h")
     if isinstance(value, int | float):

@@ -1,0 +1,88 @@
+"""The JSON documents published upstream, one schema per record kind (see README).
+
+Every document carries ``id``: unique per message and kept across resends, so subscribers
+de-duplicate by it.
+"""
+
+from __future__ import annotations
+
+import itertools
+import os
+
+import orjson
+
+from gateway.model import Aggregate, Alert, Reading, Record
+
+SCHEMA_VERSION = 1
+
+
+class MessageIds:
+    """``<boot>-<n>``: a random 64-bit boot id and a counter; unique without coordination."""
+
+    def __init__(self) -> None:
+        self._boot = os.urandom(8).hex()
+        self._counter = itertools.count(1)
+
+    def next(self) -> str:
+        return f"{self._boot}-{next(self._counter)}"
+
+
+def kind_of(record: Record) -> str:
+    if isinstance(record, Reading):
+        return "reading"
+    if isinstance(record, Aggregate):
+        return "aggregate"
+    return "alert"
+
+
+def encode(record: Record, msg_id: str, gateway: str, pipeline: str) -> bytes:
+    """Serialize one record as its upstream JSON document."""
+    if isinstance(record, Reading):
+        doc: dict[str, object] = {
+            "id": msg_id,
+            "v": SCHEMA_VERSION,
+            "kind": "reading",
+            "gateway": gateway,
+            "pipeline": pipeline,
+            "source": record.source,
+            "device": record.device,
+            "metric": record.metric,
+            "ts": record.ts,
+            "value": record.value,
+            "seq": record.seq,
+        }
+    elif isinstance(record, Aggregate):
+        doc = {
+            "id": msg_id,
+            "v": SCHEMA_VERSION,
+            "kind": "aggregate",
+            "gateway": gateway,
+            "pipeline": record.pipeline,
+            "step": record.step,
+            "device": record.device,
+            "metric": record.metric,
+            "start": record.start,
+            "end": record.end,
+            "count": record.count,
+            "stats": record.stats,
+        }
+    else:
+        assert isinstance(record, Alert)
+        doc = {
+            "id": msg_id,
+            "v": SCHEMA_VERSION,
+            "kind": "alert",
+            "gateway": gateway,
+            "pipeline": record.pipeline,
+            "step": record.step,
+            "device": record.device,
+            "metric": record.metric,
+            "detector": record.kind,
+            "state": record.state,
+            "severity": record.severity,
+            "ts": record.ts,
+            "value": record.value,
+            "threshold": record.threshold,
+            "message": record.message,
+        }
+    return orjson.dumps(doc)
