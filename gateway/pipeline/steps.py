@@ -182,7 +182,7 @@ class WindowParams(StrictModel):
     slide: PositiveDuration | None = None
     """Omitted (or equal to size) for tumbling windows."""
     aggregates: tuple[StatName, ...] = windows.DEFAULT_STATS
-    lateness: Duration = 0.0
+    lateness: Duration = 2.0
     """How long after its end a window still accepts readings (processing time)."""
 
     @model_validator(mode="after")

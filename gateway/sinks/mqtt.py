@@ -70,6 +70,7 @@ class MqttPublisher:
             timeout=self._config.ack_timeout,
             max_inflight_messages=100,
         )
+        client.pending_calls_threshold = 100_000  # a batch in flight is normal here, not a leak
         stack = contextlib.AsyncExitStack()
         try:
             await stack.enter_async_context(client)

@@ -198,7 +198,7 @@ def test_end_to_end_filter_scale_window_threshold() -> None:
             """
             - filter: "metric == 'temperature'"
             - scale: {factor: 1.8, offset: 32, metric: temperature_f}
-            - window: {size: 10s, aggregates: [count, mean, max]}
+            - window: {size: 10s, aggregates: [count, mean, max], lateness: 0s}
             - threshold: {above: 100, stat: max, severity: critical}
               id: hot
             """
