@@ -14,6 +14,7 @@ import reactivex
 from reactivex.scheduler.eventloop import AsyncIOScheduler
 from reactivex.subject import Subject
 
+from gateway import status
 from gateway.config.model import Config
 from gateway.counters import Counters
 from gateway.intake import Intake
@@ -111,6 +112,15 @@ class Gateway:
                 tg.create_task(_supervised(f"sink:{f.sink_id}", f.run), name=f"sink:{f.sink_id}")
                 for f in self.forwarders
             ]
+            status_task = tg.create_task(
+                status.report(
+                    self.counters,
+                    self.store,
+                    [f.sink_id for f in self.forwarders],
+                    self.config.gateway.status_interval,
+                ),
+                name="status",
+            )
             log.info(
                 "gateway %s running: %d sources, %d pipelines, %d sinks",
                 self.config.gateway.id,
@@ -122,7 +132,7 @@ class Gateway:
             await stop.wait()
             log.info("stopping: closing sources, flushing pipelines and store")
             intake.open = False
-            await _cancel(source_tasks)
+            await _cancel([status_task, *source_tasks])
             for p in self.pipelines:
                 p.subject.on_completed()  # flushes open windows into the store and outbox
             await self.store.flush()
@@ -137,9 +147,10 @@ class Gateway:
             await _cancel(sink_tasks)
             for f in self.forwarders:
                 await f.close()
+            depths = {f.sink_id: await self.store.outbox_depth(f.sink_id) for f in self.forwarders}
             await _cancel([store_task])
         await self.store.close()
-        log.info("stopped")
+        log.info("stopped; totals: %s", status.status_line(self.counters.snapshot(), depths))
 
 
 def _pipeline_failed(pipeline: str, exc: Exception) -> None:

@@ -6,7 +6,7 @@ from typing import Annotated, Literal
 
 from pydantic import Field
 
-from gateway.config.types import StrictModel
+from gateway.config.types import Duration, StrictModel
 from gateway.pipeline.steps import Step
 from gateway.sinks.mqtt import MqttSinkConfig
 from gateway.sources.mqtt import MqttSourceConfig
@@ -24,6 +24,7 @@ class GatewaySection(StrictModel):
 
     id: str = Field("edge-gateway", pattern=ID_PATTERN)
     log_level: Literal["debug", "info", "warning", "error"] = "info"
+    status_interval: Duration = Field(60.0, gt=0, description="how often a status line is logged")
 
 
 class PipelineConfig(StrictModel):

@@ -137,3 +137,16 @@ def test_check_command_exit_codes(tmp_path: Path, capsys: pytest.CaptureFixture[
     bad.write_text(MINIMAL.replace("    topics:", "    topcs:"))
     assert main(["check", "-c", str(bad)]) == 2
     assert f"{bad}:6: sources[0].topcs: unknown key" in capsys.readouterr().err
+
+
+def test_status_line_summarizes_sources_and_outbox() -> None:
+    from gateway.status import status_line
+
+    counts = {
+        ("fleet", "readings"): 120,
+        ("fleet", "rejected_malformed_json"): 2,
+        ("fleet", "rejected_too_large"): 1,
+        ("store", "readings_written"): 120,
+    }
+    line = status_line(counts, {"up": 4})
+    assert line == "fleet: 120 readings, 3 rejected (malformed_json 2, too_large 1); outbox up: 4"
