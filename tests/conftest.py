@@ -84,27 +84,24 @@ class Broker:
         self.start()
 
 
-@pytest.fixture
-def broker(tmp_path: Path) -> Iterator[Broker]:
-    """A fresh mosquitto for one test."""
+def _own_broker(workdir: Path) -> Iterator[Broker]:
     if not Path(MOSQUITTO).exists():
         pytest.skip("mosquitto is not installed (apt-get install mosquitto)")
-    b = Broker(tmp_path)
+    b = Broker(workdir)
     b.start()
     try:
         yield b
     finally:
         b.stop()
+
+
+@pytest.fixture
+def broker(tmp_path: Path) -> Iterator[Broker]:
+    """A fresh mosquitto for one test: the local broker devices publish to."""
+    yield from _own_broker(tmp_path)
 
 
 @pytest.fixture
 def upstream_broker(tmp_path: Path) -> Iterator[Broker]:
     """A second, independent mosquitto standing for the upstream (cloud) broker."""
-    if not Path(MOSQUITTO).exists():
-        pytest.skip("mosquitto is not installed (apt-get install mosquitto)")
-    b = Broker(tmp_path)
-    b.start()
-    try:
-        yield b
-    finally:
-        b.stop()
+    yield from _own_broker(tmp_path)
