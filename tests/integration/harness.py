@@ -18,6 +18,10 @@ import paho.mqtt.client as mqtt
 import yaml
 
 
+RUNNING: list[GatewayProcess] = []
+"""Every gateway started by a test; the integration conftest kills leftovers after each test."""
+
+
 class GatewayProcess:
     """``edge-gateway run -c CONFIG`` in a child process, stopped with SIGTERM."""
 
@@ -38,6 +42,7 @@ class GatewayProcess:
             cwd=self.workdir,
         )
         log.close()
+        RUNNING.append(self)
         self.wait_log("running:", timeout=20)
 
     def log(self) -> str:
@@ -60,6 +65,12 @@ class GatewayProcess:
             os.kill(self.proc.pid, signal.SIGKILL)
             self.proc.wait()
             raise
+
+    def kill(self) -> None:
+        """SIGKILL, for crash tests and for cleaning up after a failed test."""
+        if self.proc is not None and self.proc.poll() is None:
+            os.kill(self.proc.pid, signal.SIGKILL)
+            self.proc.wait()
 
     def query(self, sql: str, params: tuple[Any, ...] = ()) -> list[tuple[Any, ...]]:
         if not self.db_path.exists():
