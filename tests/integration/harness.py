@@ -17,7 +17,6 @@ from typing import Any
 import paho.mqtt.client as mqtt
 import yaml
 
-
 RUNNING: list[GatewayProcess] = []
 """Every gateway started by a test; the integration conftest kills leftovers after each test."""
 
