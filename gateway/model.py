@@ -5,6 +5,7 @@ One time convention everywhere: ``ts`` is UTC epoch seconds as a float.
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
 from typing import Literal
 
@@ -52,6 +53,10 @@ class Alert:
     value: float
     threshold: float
     message: str
+    score: float = math.nan
+    """The detector's measure of how anomalous the value is (compare with ``threshold``)."""
+    evidence: dict[str, float] = field(default_factory=dict)
+    """What the verdict rests on, e.g. the window ``mean`` and ``std``."""
 
 
 Record = Reading | Aggregate | Alert

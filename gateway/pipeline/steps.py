@@ -17,13 +17,11 @@ from collections.abc import Sequence
 from typing import Annotated, Any, ClassVar, Literal
 
 from pydantic import (
-    AfterValidator,
     BeforeValidator,
     Discriminator,
     Field,
     FiniteFloat,
     NonNegativeFloat,
-    StringConstraints,
     Tag,
     model_validator,
 )
@@ -34,7 +32,27 @@ from gateway.counters import Counters
 from gateway.model import Record
 from gateway.pipeline import alerts, operators, windows
 from gateway.pipeline.context import Operator, StepContext
+from gateway.pipeline.detector_steps import (
+    DETECTOR_MODELS,
+    AnomalyStep,
+    CusumStep,
+    EwmaStep,
+    MadStep,
+    RangeStep,
+    RateOfChangeStep,
+    SilenceStep,
+    SpikeStep,
+    StuckStep,
+    ZScoreStep,
+)
 from gateway.pipeline.expressions import Expression
+from gateway.pipeline.step_base import (
+    Name,
+    PositiveDuration,
+    StatName,
+    StepModel,
+    _none_is_empty,
+)
 
 __all__ = [
     "STEP_MODELS",
@@ -47,37 +65,7 @@ __all__ = [
     "step_op",
 ]
 
-PositiveDuration = Annotated[Duration, Field(gt=0)]
-StepId = Annotated[str, StringConstraints(pattern=r"^[A-Za-z0-9][A-Za-z0-9_.:-]{0,63}$")]
-Name = Annotated[str, StringConstraints(min_length=1, max_length=128)]
 MAX_WINDOWS_PER_READING = 100
-
-
-def _stat_name(name: str) -> str:
-    if not windows.is_stat_name(name):
-        raise ValueError(
-            f"unknown aggregate {name!r}; expected one of {', '.join(windows.BASIC_STATS)} "
-            "or a percentile such as p50, p95, p99.9"
-        )
-    return name
-
-
-StatName = Annotated[str, AfterValidator(_stat_name)]
-
-
-def _none_is_empty(value: Any) -> Any:
-    """Let ``- dedupe:`` (a YAML null) mean "all defaults"."""
-    return {} if value is None else value
-
-
-class StepModel(StrictModel):
-    """Base of every step: an optional id and a ``build`` returning the operator."""
-
-    OP: ClassVar[str]
-    id: StepId | None = None
-
-    def build(self, ctx: StepContext) -> Operator:
-        raise NotImplementedError
 
 
 class FilterStep(StepModel):
@@ -252,6 +240,7 @@ STEP_MODELS: tuple[type[StepModel], ...] = (
     SampleStep,
     WindowStep,
     ThresholdStep,
+    *DETECTOR_MODELS,
 )
 STEP_NAMES: tuple[str, ...] = tuple(model.OP for model in STEP_MODELS)
 
@@ -291,7 +280,17 @@ Step = Annotated[
     | Annotated[ThrottleStep, Tag("throttle")]
     | Annotated[SampleStep, Tag("sample")]
     | Annotated[WindowStep, Tag("window")]
-    | Annotated[ThresholdStep, Tag("threshold")],
+    | Annotated[ThresholdStep, Tag("threshold")]
+    | Annotated[RangeStep, Tag("range")]
+    | Annotated[RateOfChangeStep, Tag("rate_of_change")]
+    | Annotated[ZScoreStep, Tag("zscore")]
+    | Annotated[EwmaStep, Tag("ewma")]
+    | Annotated[MadStep, Tag("mad")]
+    | Annotated[CusumStep, Tag("cusum")]
+    | Annotated[StuckStep, Tag("stuck")]
+    | Annotated[SpikeStep, Tag("spike")]
+    | Annotated[SilenceStep, Tag("silence")]
+    | Annotated[AnomalyStep, Tag("anomaly")],
     Discriminator(step_op),
     BeforeValidator(_one_op),
 ]
