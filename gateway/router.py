@@ -4,11 +4,21 @@ from __future__ import annotations
 
 from collections.abc import Collection, Sequence
 from dataclasses import dataclass
+from typing import Protocol
 
 from gateway.model import Aggregate, Alert, Reading, Record
 from gateway.sinks.payloads import MessageIds, encode
 from gateway.sinks.topics import render
-from gateway.store.store import Store
+
+
+class Outputs(Protocol):
+    """Where routed records go: the ``Store`` live, stdout in ``replay``."""
+
+    def add_aggregate(self, agg: Aggregate) -> None: ...
+
+    def add_alert(self, alert: Alert) -> None: ...
+
+    def add_outbox(self, sink: str, msg_id: str, topic: str, payload: bytes, qos: int) -> None: ...
 
 
 @dataclass(frozen=True, slots=True)
@@ -29,7 +39,7 @@ class Router:
         self,
         gateway: str,
         pipeline: str,
-        store: Store,
+        store: Outputs,
         targets: Sequence[Target],
         ids: MessageIds,
         forward: Collection[str],

@@ -376,9 +376,13 @@ class AnomalyScorer:
         "floor",
         "level",
         "limit",
+        "memory",
         "min_count",
+        "novelty",
+        "peaks",
         "period",
         "residuals",
+        "seen",
     )
 
     def __init__(
@@ -390,7 +394,13 @@ class AnomalyScorer:
         buckets: int = 288,
         alpha: float = 0.3,
         floor: float = 0.02,
+        novelty: float = 0.0,
+        memory: int = 1,
     ) -> None:
+        self.novelty, self.memory = novelty, memory
+        self.peaks: deque[tuple[int, float]] = deque()
+        """Monotonic deque of (index, score): the largest score of the last ``memory``."""
+        self.seen = 0
         self.level = OrderedWindow(window)
         self.residuals = OrderedWindow(window)
         self.limit, self.min_count = limit, min_count
@@ -423,7 +433,16 @@ class AnomalyScorer:
             if seasonal is not None and len(residuals) >= self.min_count:
                 z_seasonal, _ = self._z(residuals, seasonal - residuals.quantile(0.5))
             score = max(abs(z_level), abs(z_seasonal))
-            if score > self.limit:
+            peaks = self.peaks
+            index = self.seen
+            self.seen = index + 1
+            while peaks and peaks[0][0] <= index - self.memory:
+                peaks.popleft()
+            recent = peaks[0][1] if peaks else 0.0
+            while peaks and peaks[-1][1] <= score:
+                peaks.pop()
+            peaks.append((index, score))
+            if score > self.limit and score > self.novelty * recent:
                 which = "level" if abs(z_level) >= abs(z_seasonal) else "seasonal"
                 finding = Finding(
                     score,

@@ -84,5 +84,7 @@ def encode(record: Record, msg_id: str, gateway: str, pipeline: str) -> bytes:
             "value": record.value,
             "threshold": record.threshold,
             "message": record.message,
+            "score": record.score,
+            "evidence": record.evidence,
         }
     return orjson.dumps(doc)
