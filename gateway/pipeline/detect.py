@@ -16,6 +16,7 @@ of the triggering reading, the score against its limit and the evidence.
 from __future__ import annotations
 
 import math
+from math import isfinite
 from dataclasses import dataclass
 
 from reactivex import Observable, abc
@@ -68,12 +69,18 @@ class Detector:
         self.keys: dict[tuple[str, str], _KeyState] = {}
 
     def feed(self, item: Reading | Aggregate) -> Alert | None:
-        """Score one reading (or an aggregate's ``stat`` at its end); a transition or None."""
+        """Score one reading (or an aggregate's ``stat`` at its end); a transition or None.
+
+        Non-finite values are counted as ``non_finite`` and skipped: they carry no evidence.
+        """
         if type(item) is Reading:
             value, ts = item.value, item.ts
         else:
             assert isinstance(item, Aggregate)
             value, ts = item.stats[self.stat], item.end
+        if not isfinite(value):
+            self.counters.inc(self.component, "non_finite")
+            return None
         key = (item.device, item.metric)
         state = self.keys.get(key)
         if state is None:

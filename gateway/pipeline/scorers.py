@@ -18,6 +18,7 @@ from typing import Protocol
 
 from sortedcontainers import SortedList
 
+TAIL = 0.99
 MAD_PER_SIGMA = 1.4826
 """A normal distribution's sigma is 1.4826 times its median absolute deviation."""
 
@@ -398,8 +399,8 @@ class AnomalyScorer:
         memory: int = 1,
     ) -> None:
         self.novelty, self.memory = novelty, memory
-        self.peaks: deque[tuple[int, float]] = deque()
-        """Monotonic deque of (index, score): the largest score of the last ``memory``."""
+        self.peaks = OrderedWindow(memory)
+        """The last ``memory`` scores: a limit that adapts to how anomalous is usual."""
         self.seen = 0
         self.level = OrderedWindow(window)
         self.residuals = OrderedWindow(window)
@@ -434,14 +435,8 @@ class AnomalyScorer:
                 z_seasonal, _ = self._z(residuals, seasonal - residuals.quantile(0.5))
             score = max(abs(z_level), abs(z_seasonal))
             peaks = self.peaks
-            index = self.seen
-            self.seen = index + 1
-            while peaks and peaks[0][0] <= index - self.memory:
-                peaks.popleft()
-            recent = peaks[0][1] if peaks else 0.0
-            while peaks and peaks[-1][1] <= score:
-                peaks.pop()
-            peaks.append((index, score))
+            recent = peaks.quantile(TAIL) if len(peaks) >= self.min_count else 0.0
+            peaks.add(min(score, 1e9))
             if score > self.limit and score > self.novelty * recent:
                 which = "level" if abs(z_level) >= abs(z_seasonal) else "seasonal"
                 finding = Finding(
