@@ -16,8 +16,8 @@ of the triggering reading, the score against its limit and the evidence.
 from __future__ import annotations
 
 import math
-from math import isfinite
 from dataclasses import dataclass
+from math import isfinite
 
 from reactivex import Observable, abc
 
