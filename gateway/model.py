@@ -59,5 +59,23 @@ class Alert:
     """What the verdict rests on, e.g. the window ``mean`` and ``std``."""
 
 
-Record = Reading | Aggregate | Alert
+@dataclass(frozen=True, slots=True)
+class Message:
+    """A message a step asks to publish on a topic of its own: an action, a late reading.
+
+    ``topic`` is a template (same placeholders as the sinks' topics), ``body`` the payload
+    fields besides the envelope (``id``, ``v``, ``kind``, ``gateway``, ``pipeline``, ...).
+    """
+
+    pipeline: str
+    step: str
+    device: str
+    metric: str
+    kind: str
+    topic: str
+    ts: float
+    body: dict[str, object] = field(default_factory=dict)
+
+
+Record = Reading | Aggregate | Alert | Message
 """Anything a pipeline may emit."""

@@ -6,7 +6,7 @@ from collections.abc import Collection, Sequence
 from dataclasses import dataclass
 from typing import Protocol
 
-from gateway.model import Aggregate, Alert, Reading, Record
+from gateway.model import Aggregate, Alert, Message, Reading, Record
 from gateway.sinks.payloads import MessageIds, encode
 from gateway.sinks.topics import render
 
@@ -58,7 +58,9 @@ class Router:
             self._store.add_aggregate(record)
         elif isinstance(record, Alert):
             self._store.add_alert(record)
-        if isinstance(record, Reading):
+        if isinstance(record, Message):
+            pass  # asked for explicitly by a step (an action, a late topic): always sent
+        elif isinstance(record, Reading):
             if not self._forward_readings:
                 return
         elif isinstance(record, Aggregate):
@@ -71,6 +73,8 @@ class Router:
                 template, source = target.reading_topic, record.source
             elif isinstance(record, Aggregate):
                 template, source = target.aggregate_topic, ""
+            elif isinstance(record, Message):
+                template, source = record.topic, ""
             else:
                 template, source = target.alert_topic, ""
             topic = render(
@@ -82,7 +86,9 @@ class Router:
                     "source": source,
                     "device": record.device,
                     "metric": record.metric,
-                    "kind": type(record).__name__.lower(),
+                    "kind": record.kind
+                    if isinstance(record, Message)
+                    else type(record).__name__.lower(),
                 },
             )
             msg_id = self._ids.next()

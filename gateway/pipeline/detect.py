@@ -157,10 +157,10 @@ def detect(detector: Detector, ctx: StepContext) -> Operator:
 
             def on_next(item: Record) -> None:
                 emit(item)
-                if type(item) is Alert:
+                if type(item) is not Reading and type(item) is not Aggregate:
                     return
                 try:
-                    transition = feed(item)  # type: ignore[arg-type]
+                    transition = feed(item)
                 except Exception:  # the per-item boundary: count, carry on (the item passed)
                     counters.inc(component, "error")
                     return
