@@ -13,10 +13,17 @@ from __future__ import annotations
 
 from typing import Annotated, ClassVar, Literal
 
-from pydantic import BeforeValidator, Field, FiniteFloat, NonNegativeFloat, model_validator
+from pydantic import (
+    AfterValidator,
+    BeforeValidator,
+    Field,
+    FiniteFloat,
+    NonNegativeFloat,
+    model_validator,
+)
 
 from gateway.config.types import Duration, StrictModel
-from gateway.pipeline import silence
+from gateway.pipeline import actions, silence
 from gateway.pipeline.context import Operator, StepContext
 from gateway.pipeline.detect import Detector, Lifecycle, detect
 from gateway.pipeline.scorers import (
@@ -32,6 +39,7 @@ from gateway.pipeline.scorers import (
     ZScoreScorer,
 )
 from gateway.pipeline.step_base import PositiveDuration, StatName, StepModel, _none_is_empty
+from gateway.sinks.topics import TopicTemplate
 
 Severity = Literal["info", "warning", "critical"]
 Count = Annotated[int, Field(ge=1, le=1_000_000)]
@@ -299,6 +307,32 @@ class SilenceStep(StepModel):
         return silence.silence(p.after, p.severity, p.time == "event", ctx)
 
 
+ActionTemplate = Annotated[str, AfterValidator(actions.check_template)]
+
+
+class ActionParams(StrictModel):
+    topic: TopicTemplate
+    """Where to publish, e.g. ``plant/{gateway}/maintenance/{device}``."""
+    payload: dict[Annotated[str, Field(min_length=1, max_length=64)], ActionTemplate] = {}
+    """Payload fields, each a template over the alert's fields, e.g. ``{order: "bearing"}``."""
+    kinds: list[str] | None = None
+    """Detector kinds that trigger (default: any)."""
+    severities: list[Severity] | None = None
+    """Severities that trigger (default: any)."""
+    on: list[Literal["raised", "cleared"]] = ["raised"]
+
+
+class ActionStep(StepModel):
+    """``action: {topic, payload, kinds, severities, on}``: publish a message on an alert."""
+
+    OP: ClassVar[str] = "action"
+    action: ActionParams
+
+    def build(self, ctx: StepContext) -> Operator:
+        p = self.action
+        return actions.action(p.topic, p.payload, p.kinds, p.severities, p.on, ctx)
+
+
 DETECTOR_MODELS: tuple[type[StepModel], ...] = (
     RangeStep,
     RateOfChangeStep,
@@ -310,4 +344,5 @@ DETECTOR_MODELS: tuple[type[StepModel], ...] = (
     SpikeStep,
     SilenceStep,
     AnomalyStep,
+    ActionStep,
 )

@@ -34,6 +34,7 @@ from gateway.pipeline import alerts, operators, windows
 from gateway.pipeline.context import Operator, StepContext
 from gateway.pipeline.detector_steps import (
     DETECTOR_MODELS,
+    ActionStep,
     AnomalyStep,
     CusumStep,
     EwmaStep,
@@ -290,7 +291,8 @@ Step = Annotated[
     | Annotated[StuckStep, Tag("stuck")]
     | Annotated[SpikeStep, Tag("spike")]
     | Annotated[SilenceStep, Tag("silence")]
-    | Annotated[AnomalyStep, Tag("anomaly")],
+    | Annotated[AnomalyStep, Tag("anomaly")]
+    | Annotated[ActionStep, Tag("action")],
     Discriminator(step_op),
     BeforeValidator(_one_op),
 ]

@@ -53,7 +53,14 @@ def write_config(path: Path, steps: list[dict[str, Any]], forward: list[str]) ->
         "pipelines": [
             {"id": "p", "from": ["plant"], "steps": steps, "to": ["up"], "forward": forward}
         ],
-        "sinks": [{"id": "up", "type": "mqtt", "broker": {"port": 1}}],
+        "sinks": [
+            {
+                "id": "up",
+                "type": "mqtt",
+                "broker": {"port": 1},
+                "topics": {"alert": "s/{device}/{metric}/alert"},
+            }
+        ],
     }
     path.write_text(yaml.safe_dump(config))
     return path
@@ -194,3 +201,22 @@ def test_missing_input_is_a_clear_error(tmp_path: Path, unreadable: Path) -> Non
     assert code == 2
     assert "cannot read" in err
     assert sqlite3.sqlite_version  # the stdlib sqlite used by --from-store is there
+
+
+def test_actions_are_published_on_their_own_topic(tmp_path: Path) -> None:
+    path = tmp_path / "log.csv"
+    path.write_text("ts,device,temperature\n1700000000,pump1,20\n1700000001,pump1,150\n")
+    steps = [
+        {"range": {"min": 0, "max": 120}},
+        {"action": {"topic": "plant/{device}/orders", "payload": {"part": "sensor {metric}"}}},
+    ]
+    config = write_config(tmp_path / "g.yaml", steps, ["alerts"])
+    lines, err, code = replay("-c", str(config), "--input", str(path))
+    assert code == 0, err
+    assert [x["topic"] for x in lines] == ["s/pump1/temperature/alert", "plant/pump1/orders"]
+    order = lines[1]["payload"]
+    assert (order["kind"], order["part"], order["ts"]) == (
+        "action",
+        "sensor temperature",
+        1700000001.0,
+    )

@@ -11,7 +11,7 @@ from pydantic import TypeAdapter, ValidationError
 from reactivex.testing import ReactiveTest, TestScheduler
 
 from gateway.counters import Counters
-from gateway.model import Aggregate, Alert, Reading, Record
+from gateway.model import Aggregate, Alert, Message, Reading, Record
 from gateway.pipeline.context import Operator
 from gateway.pipeline.steps import Step
 from gateway.pipeline.testing import emitted, reading, step_context
@@ -300,3 +300,47 @@ def test_bad_detector_parameters_fail_at_load(spec: dict[str, Any], message: str
     with pytest.raises(ValidationError) as info:
         STEPS.validate_python([spec])
     assert message in str(info.value)
+
+
+def test_action_publishes_a_templated_message_after_a_matching_alert() -> None:
+    scheduler = TestScheduler()
+    detector = build({"range": {"min": 0, "max": 100}, "id": "probe"}, scheduler)
+    order = build(
+        {
+            "action": {
+                "topic": "plant/{gateway}/maintenance/{device}",
+                "payload": {"order": "probe for {device}", "why": "{message}"},
+                "kinds": ["range"],
+            }
+        },
+        scheduler,
+    )
+    out = run(lambda xs: order(detector(xs)), scheduler, series([50, 500, 50, 700]))
+    messages = [r for _, r in out if isinstance(r, Message)]
+    assert len(messages) == 2  # raised twice (no cooldown), never on the clear
+    first = messages[0]
+    assert (first.kind, first.topic, first.ts) == (
+        "action",
+        "plant/{gateway}/maintenance/{device}",
+        1.0,
+    )
+    assert first.body["order"] == "probe for d1"
+    assert first.body["why"] == "d1 m = 500: outside the possible range [0, 100]"
+    assert first.body["trigger"] == {
+        "step": "probe",
+        "kind": "range",
+        "severity": "critical",
+        "state": "raised",
+        "ts": 1.0,
+        "value": 500.0,
+    }
+    kinds = [type(r).__name__ for _, r in out]
+    assert kinds[:4] == ["Reading", "Reading", "Alert", "Message"]
+
+
+@pytest.mark.parametrize(
+    "payload", [{"x": "{device.__class__}"}, {"x": "{secret}"}, {"x": "{value!r}"}, {"x": "{"}]
+)
+def test_action_templates_are_checked_at_load(payload: dict[str, str]) -> None:
+    with pytest.raises(ValidationError):
+        STEPS.validate_python([{"action": {"topic": "a/b", "payload": payload}}])

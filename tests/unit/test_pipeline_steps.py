@@ -96,6 +96,7 @@ def test_step_names_cover_the_union() -> None:
         "spike",
         "silence",
         "anomaly",
+        "action",
     }
 
 
