@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import csv
 import io
+import itertools
 import math
 import os
 import sqlite3
@@ -37,6 +38,8 @@ from gateway.sources.codecs import JsonFormat, build_decoder
 
 InputFormat = Literal["csv", "jsonl"]
 TIMESTAMP_COLUMNS = ("timestamp", "ts", "time")
+MIN_TS, MAX_TS = 0.0, 253402300799.0
+"""Event times a replay accepts: 1970 to the end of year 9999 (what datetime can hold)."""
 RESERVED_COLUMNS = {*TIMESTAMP_COLUMNS, "device", "metric", "value", "seq"}
 
 
@@ -246,7 +249,12 @@ def replay(
 ) -> Summary:
     """Push ``readings`` through the pipelines (those fed by ``source``, or all) in event time."""
     started = time.perf_counter()
-    scheduler = HistoricalScheduler(datetime.fromtimestamp(0, UTC))
+    first = next(readings, None)
+    if first is not None:
+        readings = itertools.chain((first,), readings)
+    # the virtual clock starts at the first reading: periodic ticks begin there, not in 1970
+    origin = first.ts if first is not None and MIN_TS <= first.ts <= MAX_TS else 0.0
+    scheduler = HistoricalScheduler(datetime.fromtimestamp(origin, UTC))
     counters = Counters()
     outputs = StdoutOutputs(out)
     sinks = {s.id: s for s in config.sinks}
@@ -264,11 +272,15 @@ def replay(
         subject.pipe(compile_steps(p.id, p.steps, scheduler, counters)).subscribe(router)
         subjects.append(subject)
     pushes = [s.on_next for s in subjects]
-    now = 0.0
+    now = origin
     count = 0
     advance = scheduler.advance_to
+    rejects = rejects if rejects is not None else Rejects()
     for reading in readings:
         ts = reading.ts
+        if not MIN_TS <= ts <= MAX_TS:
+            rejects.add("bad_timestamp")
+            continue
         if ts > now:
             now = ts
             advance(datetime.fromtimestamp(ts, UTC))
@@ -281,7 +293,7 @@ def replay(
         subject.on_completed()
     out.flush()
     seconds = time.perf_counter() - started
-    return Summary(count, seconds, rejects or Rejects(), outputs, counters)
+    return Summary(count, seconds, rejects, outputs, counters)
 
 
 def open_input(

@@ -54,6 +54,7 @@ from gateway.pipeline.step_base import (
     StepModel,
     _none_is_empty,
 )
+from gateway.sinks.topics import TopicTemplate
 
 __all__ = [
     "STEP_MODELS",
@@ -172,7 +173,13 @@ class WindowParams(StrictModel):
     """Omitted (or equal to size) for tumbling windows."""
     aggregates: tuple[StatName, ...] = windows.DEFAULT_STATS
     lateness: Duration = 2.0
-    """How long after its end a window still accepts readings (processing time)."""
+    """Allowed lateness: how far behind its key's newest reading a reading may still be
+    counted (event time), or how long after its end a window stays open (processing time)."""
+    time: Literal["event", "processing"] = "event"
+    """``event``: windows close on each device+metric's watermark (readings' own ``ts``),
+    so replays and live runs agree; ``processing``: on the gateway's clock."""
+    late_topic: TopicTemplate | None = None
+    """Event time only: publish late readings there as ``late`` messages (side output)."""
 
     @model_validator(mode="after")
     def _check(self) -> WindowParams:
@@ -197,6 +204,10 @@ class WindowStep(StepModel):
 
     def build(self, ctx: StepContext) -> Operator:
         p = self.window
+        if p.time == "event":
+            return windows.event_window(
+                p.size, p.slide, p.aggregates, p.lateness, p.late_topic, ctx
+            )
         return windows.window(p.size, p.slide, p.aggregates, p.lateness, ctx)
 
 
