@@ -258,7 +258,13 @@ class StuckStep(DetectorStepModel):
 
 
 class AnomalyParams(DetectorParams):
-    """Defaults tuned once on the NAB sample (see README); change them only with evidence."""
+    """Defaults tuned once, one configuration for all files, on the NAB sample (README).
+
+    ``window`` readings for the level and residual references, ``limit`` robust sigmas,
+    ``min_count`` readings before any verdict, a ``period`` (default a day) cut into
+    ``buckets`` time-of-day slots learnt with EWMA weight ``alpha``, a spread ``floor``.
+    An episode clears after ``clear_after`` normal readings; ``cooldown`` between raises.
+    """
 
     window: Annotated[int, Field(ge=10, le=100_000)] = 600
     limit: Limit = 6.0
@@ -268,6 +274,7 @@ class AnomalyParams(DetectorParams):
     alpha: Annotated[float, Field(gt=0, le=1)] = 0.3
     floor: Annotated[NonNegativeFloat, Field(le=1)] = 0.02
     cooldown: Duration = 3 * 86400.0
+    clear_after: Count = 50
 
 
 class AnomalyStep(DetectorStepModel):

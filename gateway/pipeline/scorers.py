@@ -18,7 +18,6 @@ from typing import Protocol
 
 from sortedcontainers import SortedList
 
-TAIL = 0.99
 MAD_PER_SIGMA = 1.4826
 """A normal distribution's sigma is 1.4826 times its median absolute deviation."""
 
@@ -377,31 +376,21 @@ class AnomalyScorer:
         "floor",
         "level",
         "limit",
-        "memory",
         "min_count",
-        "novelty",
-        "peaks",
         "period",
         "residuals",
-        "seen",
     )
 
     def __init__(
         self,
-        window: int = 500,
+        window: int = 600,
         limit: float = 6.0,
-        min_count: int = 100,
+        min_count: int = 300,
         period: float = 86400.0,
         buckets: int = 288,
         alpha: float = 0.3,
         floor: float = 0.02,
-        novelty: float = 0.0,
-        memory: int = 1,
     ) -> None:
-        self.novelty, self.memory = novelty, memory
-        self.peaks = OrderedWindow(memory)
-        """The last ``memory`` scores: a limit that adapts to how anomalous is usual."""
-        self.seen = 0
         self.level = OrderedWindow(window)
         self.residuals = OrderedWindow(window)
         self.limit, self.min_count = limit, min_count
@@ -434,10 +423,7 @@ class AnomalyScorer:
             if seasonal is not None and len(residuals) >= self.min_count:
                 z_seasonal, _ = self._z(residuals, seasonal - residuals.quantile(0.5))
             score = max(abs(z_level), abs(z_seasonal))
-            peaks = self.peaks
-            recent = peaks.quantile(TAIL) if len(peaks) >= self.min_count else 0.0
-            peaks.add(min(score, 1e9))
-            if score > self.limit and score > self.novelty * recent:
+            if score > self.limit:
                 which = "level" if abs(z_level) >= abs(z_seasonal) else "seasonal"
                 finding = Finding(
                     score,
