@@ -334,7 +334,7 @@ class Signal:
         noise = self._rng.gauss(0.0, self.spec.noise)
         elapsed = ts - self.start_ts
         gain, offset = 1.0, 0.0
-        dropped = False
+        dropped = spiked = False
         stuck: int | None = None
         for i, f in enumerate(self.faults):
             if f.kind == "spike":
@@ -343,7 +343,7 @@ class Signal:
                 sign = 1.0 if self._fault_rng.random() < 0.5 else -1.0
                 if hit and f.active(elapsed):
                     offset += sign * (self.spec.spike if f.mag is None else f.mag)
-                    self.spike_times.append(ts)
+                    spiked = True
             elif not f.active(elapsed):
                 continue
             elif f.kind == "drift":
@@ -359,6 +359,8 @@ class Signal:
         value = self._finish(self.clean(ts, noise * gain) + offset)
         if stuck is not None:
             return self._frozen.setdefault(stuck, value)
+        if spiked:  # ground truth: only spikes that reached the output
+            self.spike_times.append(ts)
         return value
 
     def _finish(self, value: float) -> float:
