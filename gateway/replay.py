@@ -80,7 +80,10 @@ def read_csv(
     the value, any other column is a metric of its own. NAB files (``timestamp,value``) fit.
     """
     reader = csv.reader(stream)
-    header = next(reader, None)
+    try:
+        header = next(reader, None)
+    except csv.Error:
+        header = None
     if header is None:
         return
     names = [h.strip() for h in header]
@@ -98,7 +101,14 @@ def read_csv(
         if name not in RESERVED_COLUMNS or name == "value"
     ]
     width = len(names)
-    for row in reader:
+    while True:
+        try:
+            row = next(reader)
+        except StopIteration:
+            return
+        except csv.Error:  # e.g. a field beyond csv.field_size_limit(): skip that record
+            rejects.add("bad_csv")
+            continue
         if not row:
             continue
         if len(row) != width:

@@ -129,13 +129,16 @@ def test_bad_rows_are_counted_and_skipped(tmp_path: Path) -> None:
         "yesterday,2\n"
         "2024-03-01 00:10:00,hot\n"
         "2024-03-01 00:15:00\n"
+        f"2024-03-01 00:17:00,{'9' * 200_000}\n"  # beyond the csv module's field limit
         "2024-03-01 00:20:00,500\n"
     )
     config = write_config(tmp_path / "g.yaml", [{"range": {"min": 0, "max": 100}}], ["alerts"])
     lines, err, code = replay("-c", str(config), "--input", str(path))
     assert code == 0, err
     assert [x["payload"]["value"] for x in lines] == [500.0]
-    assert "skipped 3 input records: bad_columns 1, bad_timestamp 1, non_numeric 1" in err
+    assert (
+        "skipped 4 input records: bad_columns 1, bad_csv 1, bad_timestamp 1, non_numeric 1" in err
+    )
 
 
 def test_jsonl_windows_close_in_event_time(tmp_path: Path) -> None:
