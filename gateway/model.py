@@ -63,8 +63,10 @@ class Alert:
 class Message:
     """A message a step asks to publish on a topic of its own: an action, a late reading.
 
-    ``topic`` is a template (same placeholders as the sinks' topics), ``body`` the payload
-    fields besides the envelope (``id``, ``v``, ``kind``, ``gateway``, ``pipeline``, ...).
+    ``topic`` is a template (same placeholders as the sinks' topics), or None for a message
+    that is only kept locally; ``body`` holds the payload fields besides the envelope (``id``,
+    ``v``, ``kind``, ``gateway``, ``pipeline``, ...). ``late`` messages are also stored as
+    dead letters (reason ``late``).
     """
 
     pipeline: str
@@ -72,7 +74,7 @@ class Message:
     device: str
     metric: str
     kind: str
-    topic: str
+    topic: str | None
     ts: float
     body: dict[str, object] = field(default_factory=dict)
 

@@ -140,13 +140,21 @@ def read_csv(
 def read_jsonl(
     stream: IO[bytes], device: str, metric: str | None, source: str, rejects: Rejects
 ) -> Iterator[Reading]:
-    """Readings from JSON lines in the gateway's JSON payload format (README, ``json``)."""
+    """Readings from JSON lines in the gateway's JSON payload format (README, ``json``).
+
+    ``device`` is used for lines that name none; ``metric`` is not needed (JSON names it).
+    """
     decode = build_decoder(JsonFormat())
     for line in stream:
         if not line.strip():
             continue
         try:
-            readings = decode(line, source, device, metric, math.nan)
+            try:
+                readings = decode(line, source, None, None, math.nan)
+            except DecodeError as exc:
+                if exc.reason != "no_device":
+                    raise
+                readings = decode(line, source, device, None, math.nan)  # the default device
         except DecodeError as exc:
             rejects.add(exc.reason)
             continue
@@ -186,12 +194,16 @@ class StdoutOutputs:
         self.messages = 0
         self.alerts = 0
         self.aggregates = 0
+        self.dead_letters = 0
 
     def add_aggregate(self, agg: Aggregate) -> None:
         self.aggregates += 1
 
     def add_alert(self, alert: Alert) -> None:
         self.alerts += 1
+
+    def add_dead_letter(self, source: str, reason: str, detail: str, raw: bytes, ts: float) -> None:
+        self.dead_letters += 1
 
     def add_outbox(self, sink: str, msg_id: str, topic: str, payload: bytes, qos: int) -> None:
         self.messages += 1
@@ -211,7 +223,7 @@ class Summary:
         lines = [
             f"replayed {self.readings} readings in {self.seconds:.2f}s ({rate:,.0f} readings/s): "
             f"{self.outputs.messages} messages, {self.outputs.alerts} alert transitions, "
-            f"{self.outputs.aggregates} aggregates"
+            f"{self.outputs.aggregates} aggregates, {self.outputs.dead_letters} late readings"
         ]
         if self.rejects.total():
             reasons = ", ".join(f"{k} {n}" for k, n in sorted(self.rejects.reasons.items()))

@@ -6,6 +6,8 @@ from collections.abc import Collection, Sequence
 from dataclasses import dataclass
 from typing import Protocol
 
+import orjson
+
 from gateway.model import Aggregate, Alert, Message, Reading, Record
 from gateway.sinks.payloads import MessageIds, encode
 from gateway.sinks.topics import render
@@ -19,6 +21,10 @@ class Outputs(Protocol):
     def add_alert(self, alert: Alert) -> None: ...
 
     def add_outbox(self, sink: str, msg_id: str, topic: str, payload: bytes, qos: int) -> None: ...
+
+    def add_dead_letter(
+        self, source: str, reason: str, detail: str, raw: bytes, ts: float
+    ) -> None: ...
 
 
 @dataclass(frozen=True, slots=True)
@@ -59,7 +65,15 @@ class Router:
         elif isinstance(record, Alert):
             self._store.add_alert(record)
         if isinstance(record, Message):
-            pass  # asked for explicitly by a step (an action, a late topic): always sent
+            if record.kind == "late":  # a reading a window refused: kept for inspection
+                detail = f"{record.pipeline}/{record.step}: older than the watermark"
+                raw = orjson.dumps({**record.body, "device": record.device, "ts": record.ts})
+                self._store.add_dead_letter(
+                    str(record.body.get("source", "")), "late", detail, raw, record.ts
+                )
+            if record.topic is None:
+                return  # kept locally only
+            # else: a step named the topic (an action, a late topic): sent whatever `forward` says
         elif isinstance(record, Reading):
             if not self._forward_readings:
                 return
@@ -74,7 +88,7 @@ class Router:
             elif isinstance(record, Aggregate):
                 template, source = target.aggregate_topic, ""
             elif isinstance(record, Message):
-                template, source = record.topic, ""
+                template, source = record.topic or "", ""
             else:
                 template, source = target.alert_topic, ""
             topic = render(

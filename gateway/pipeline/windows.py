@@ -274,7 +274,8 @@ def event_window(
     A key that falls idle has its watermark moved on by the processing time elapsed since
     its newest reading (checked every ``slide`` clamped to 1..60 s), so its last window is
     still emitted. A reading older than its key's watermark allows is **late**: counted as
-    ``late`` and, with ``late_topic``, published there as a ``late`` message (side output).
+    ``late`` and sent on as a ``late`` message (the side output: the router keeps it as a
+    dead letter and, with ``late_topic``, publishes it there).
 
     ``size=10, lateness=2``, readings shown as ``ts:value``::
 
@@ -329,25 +330,17 @@ def event_window(
 
             def late(item: Reading, clock: _KeyClock) -> None:
                 counters.inc(component, "late")
-                if late_topic is not None:
-                    body: dict[str, object] = {
-                        "source": item.source,
-                        "value": item.value,
-                        "seq": item.seq,
-                        "watermark": clock.newest - lateness,
-                    }
-                    emit(
-                        Message(
-                            pipeline,
-                            step,
-                            item.device,
-                            item.metric,
-                            "late",
-                            late_topic,
-                            item.ts,
-                            body,
-                        )
+                body: dict[str, object] = {
+                    "source": item.source,
+                    "value": item.value,
+                    "seq": item.seq,
+                    "watermark": clock.newest - lateness,
+                }
+                emit(
+                    Message(
+                        pipeline, step, item.device, item.metric, "late", late_topic, item.ts, body
                     )
+                )
 
             def on_next(item: Record) -> None:
                 if type(item) is not Reading:

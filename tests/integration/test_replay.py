@@ -141,19 +141,34 @@ def test_bad_rows_are_counted_and_skipped(tmp_path: Path) -> None:
     )
 
 
-def test_jsonl_windows_close_in_event_time(tmp_path: Path) -> None:
+def test_jsonl_windows_close_in_event_time_and_late_readings_have_a_topic(tmp_path: Path) -> None:
     path = tmp_path / "rec.jsonl"
     docs = [{"device": "d", "metric": "t", "value": float(i), "ts": 1000.0 + i} for i in range(25)]
+    docs.append({"device": "d", "metric": "t", "value": 99.0, "ts": 1001.0})  # too late
     path.write_text("\n".join(json.dumps(d) for d in docs) + "\n{broken\n")
-    steps = [{"window": {"size": "10s", "aggregates": ["count", "mean"], "lateness": 0}}]
-    config = write_config(tmp_path / "g.yaml", steps, ["aggregates"])
+    window = {
+        "size": "10s",
+        "aggregates": ["count", "mean"],
+        "lateness": 0,
+        "late_topic": "late/{device}",
+    }
+    config = write_config(tmp_path / "g.yaml", [{"window": window}], ["aggregates"])
     lines, err, code = replay("-c", str(config), "--input", str(path))
     assert code == 0, err
-    assert [(x["payload"]["start"], x["payload"]["count"]) for x in lines] == [
+    aggregates = [x["payload"] for x in lines if x["payload"]["kind"] == "aggregate"]
+    assert [(a["start"], a["count"]) for a in aggregates] == [
         (1000.0, 10),
         (1010.0, 10),
         (1020.0, 5),
     ]
+    [late] = [x for x in lines if x["payload"]["kind"] == "late"]
+    assert late["topic"] == "late/d"
+    assert (late["payload"]["ts"], late["payload"]["value"], late["payload"]["watermark"]) == (
+        1001.0,
+        99.0,
+        1024.0,
+    )
+    assert "1 late readings" in err
     assert "malformed_json 1" in err
 
 

@@ -6,13 +6,16 @@ import random
 
 from hypothesis import given, settings
 from hypothesis import strategies as st
+from pydantic import TypeAdapter
 from reactivex.testing import ReactiveTest, TestScheduler
 
 from gateway.counters import Counters
 from gateway.model import Aggregate, Message, Reading, Record
 from gateway.pipeline import windows
+from gateway.pipeline.steps import Step
 from gateway.pipeline.testing import emitted, reading, step_context
 
+STEPS: TypeAdapter[list[Step]] = TypeAdapter(list[Step])
 on_next = ReactiveTest.on_next
 on_completed = ReactiveTest.on_completed
 
@@ -48,6 +51,29 @@ def test_watermark_closes_windows_and_late_readings_go_to_the_side_output() -> N
     assert (late.kind, late.topic, late.ts) == ("late", "late/{device}", 8.0)
     assert late.body == {"source": "src", "value": 6.0, "seq": None, "watermark": 10.0}
     assert counters.get("line/tens", "late") == 1
+
+
+def test_without_a_late_topic_late_readings_still_come_out_for_the_store() -> None:
+    scheduler = TestScheduler()
+    op = windows.event_window(10.0, None, ("count",), 0.0, None, step_context(scheduler))
+    xs = scheduler.create_hot_observable(
+        on_next(201, reading(1, ts=15.0)), on_next(202, reading(2, ts=3.0)), on_completed(210)
+    )
+    out = emitted(scheduler.start(lambda: op(xs)))
+    [late] = [r for _, r in out if isinstance(r, Message)]
+    assert (late.kind, late.topic, late.ts) == ("late", None, 3.0)
+
+
+def test_processing_time_windows_judge_by_the_gateway_clock() -> None:
+    """The same old reading: accepted by event time (its device's own clock), late by the
+    gateway's clock in processing time."""
+    for mode, expected in (("event", [(0.0, 1)]), ("processing", [])):
+        scheduler = TestScheduler()
+        [step] = STEPS.validate_python([{"window": {"size": "10s", "time": mode}}])
+        op = step.build(step_context(scheduler))
+        xs = scheduler.create_hot_observable(on_next(201, reading(1, ts=5.0)), on_completed(210))
+        out = emitted(scheduler.start(lambda: op(xs)))  # noqa: B023
+        assert [(r.start, r.count) for _, r in out if isinstance(r, Aggregate)] == expected
 
 
 def test_a_reading_within_the_allowed_lateness_still_counts() -> None:
