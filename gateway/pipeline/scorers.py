@@ -11,6 +11,7 @@ keep an ordered window (``mad``, ``spike`` and the default ``anomaly`` ensemble)
 from __future__ import annotations
 
 import math
+from bisect import bisect_left, insort
 from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -18,6 +19,8 @@ from typing import Protocol
 
 from sortedcontainers import SortedList
 
+FLAT_MAX = 4096
+"""Windows up to this size keep their sorted copy in a plain list (see OrderedWindow)."""
 MAD_PER_SIGMA = 1.4826
 """A normal distribution's sigma is 1.4826 times its median absolute deviation."""
 
@@ -169,31 +172,45 @@ class EwmaScorer:
 
 
 class OrderedWindow:
-    """The last ``size`` values, also kept sorted: median and quartiles in O(log n)."""
+    """The last ``size`` values, also kept sorted: median and quartiles by rank.
+
+    Up to ``FLAT_MAX`` values the sorted copy is a plain list updated with ``bisect``: the
+    search is O(log n) and the insert/delete a memmove of at most ``FLAT_MAX`` pointers in C,
+    several times cheaper than a tree walked in Python at these sizes, with O(1) rank
+    access. Larger windows use ``sortedcontainers.SortedList`` (O(log n) throughout).
+    """
 
     __slots__ = ("ring", "size", "sorted")
 
     def __init__(self, size: int) -> None:
         self.size = size
         self.ring: deque[float] = deque()
-        self.sorted = SortedList()
+        self.sorted: list[float] | SortedList = [] if size <= FLAT_MAX else SortedList()
 
     def __len__(self) -> int:
         return len(self.ring)
 
     def add(self, value: float) -> None:
-        self.ring.append(value)
-        self.sorted.add(value)
-        if len(self.ring) > self.size:
-            self.sorted.remove(self.ring.popleft())
+        ring, ordered = self.ring, self.sorted
+        ring.append(value)
+        if isinstance(ordered, list):
+            insort(ordered, value)
+            if len(ring) > self.size:
+                del ordered[bisect_left(ordered, ring.popleft())]
+        else:
+            ordered.add(value)
+            if len(ring) > self.size:
+                ordered.remove(ring.popleft())
 
     def quantile(self, q: float) -> float:
         ordered = self.sorted
-        rank = (len(ordered) - 1) * q
+        n = len(ordered)
+        rank = (n - 1) * q
         low = int(rank)
-        if low + 1 >= len(ordered):
+        if low + 1 >= n:
             return float(ordered[low])
-        return float(ordered[low] + (ordered[low + 1] - ordered[low]) * (rank - low))
+        below = ordered[low]
+        return float(below + (ordered[low + 1] - below) * (rank - low))
 
     def robust_scale(self) -> float:
         """Sigma estimated from the spread: MAD taken as half the inter-quartile range.

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import math
 import random
+import statistics
 from typing import Any
 
 import pytest
@@ -13,6 +14,7 @@ from reactivex.testing import ReactiveTest, TestScheduler
 from gateway.counters import Counters
 from gateway.model import Aggregate, Alert, Message, Reading, Record
 from gateway.pipeline.context import Operator
+from gateway.pipeline.scorers import OrderedWindow
 from gateway.pipeline.steps import Step
 from gateway.pipeline.testing import emitted, reading, step_context
 
@@ -344,3 +346,17 @@ def test_action_publishes_a_templated_message_after_a_matching_alert() -> None:
 def test_action_templates_are_checked_at_load(payload: dict[str, str]) -> None:
     with pytest.raises(ValidationError):
         STEPS.validate_python([{"action": {"topic": "a/b", "payload": payload}}])
+
+
+@pytest.mark.parametrize("size", [7, 5000])
+def test_ordered_window_quantiles_are_exact_for_both_storages(size: int) -> None:
+    rng = random.Random(size)
+    window = OrderedWindow(size)
+    values = [rng.choice([rng.gauss(0, 1), 1.0]) for _ in range(size * 3)]
+    for v in values:
+        window.add(v)
+    recent = sorted(values[-size:])
+    assert len(window) == size
+    assert window.quantile(0.5) == pytest.approx(statistics.median(recent))
+    assert window.quantile(0.0) == recent[0]
+    assert window.quantile(1.0) == recent[-1]
