@@ -246,15 +246,17 @@ def window(
 class _KeyClock:
     """Event-time progress of one (device, metric): its watermark and open windows."""
 
-    __slots__ = ("arrival", "newest", "starts")
+    __slots__ = ("arrival", "flushed", "newest", "starts")
 
     def __init__(self) -> None:
         self.newest = -math.inf
-        """Newest event time seen (or reached by idling, see ``event_window``)."""
+        """Newest event time seen: the watermark is this minus the lateness."""
         self.arrival = 0.0
         """Processing time at which ``newest`` was seen."""
         self.starts: list[float] = []
         """Heap of the starts of this key's open windows."""
+        self.flushed: set[float] = set()
+        """Starts of windows emitted early because the key fell idle (not yet watermarked)."""
 
 
 def event_window(
@@ -271,9 +273,12 @@ def event_window(
     window ``[start, end)`` is emitted when its key's watermark passes ``end``, so the result
     depends only on each device's own readings, not on how devices interleave: a recording
     replayed at full speed gives the same aggregates as the same readings arriving live.
-    A key that falls idle has its watermark moved on by the processing time elapsed since
-    its newest reading (checked every ``slide`` clamped to 1..60 s), so its last window is
-    still emitted. A reading older than its key's watermark allows is **late**: counted as
+    A key that falls idle has its open windows emitted once the processing time elapsed since
+    its newest reading would have carried its watermark past them (checked every ``slide``
+    clamped to 1..60 s), so its last window still comes out; its watermark itself does not
+    move, so a device that comes back with a backlog of older readings (store-and-forward)
+    has them counted in their own windows, except in the windows already emitted. A reading
+    older than its key's watermark allows, or for a window already emitted, is **late**: counted as
     ``late`` and sent on as a ``late`` message (the side output: the router keeps it as a
     dead letter and, with ``late_topic``, publishes it there).
 
@@ -358,10 +363,13 @@ def event_window(
                     if ts > clock.newest:
                         clock.newest = ts
                         clock.arrival = epoch_seconds(scheduler)
+                        if clock.flushed:  # the watermark now covers them
+                            clock.flushed = {s for s in clock.flushed if s + close_after > ts}
                     newest = clock.newest
+                    flushed = clock.flushed
                     if tumbling:
                         start = math.floor(ts / size) * size
-                        if start + close_after <= newest:
+                        if start + close_after <= newest or start in flushed:
                             late(item, clock)
                             return
                         add(device, metric, clock, start, value)
@@ -370,7 +378,7 @@ def event_window(
                         first = math.floor((ts - size) / slide_s) + 1
                         for k in range(math.floor(ts / slide_s), first - 1, -1):
                             start = k * slide_s
-                            if start + close_after > newest:
+                            if start + close_after > newest and start not in flushed:
                                 add(device, metric, clock, start, value)
                                 added = True
                         if not added:
@@ -385,11 +393,11 @@ def event_window(
                 for (device, metric), clock in clocks.items():
                     if not clock.starts:
                         continue
-                    idle = now - clock.arrival
-                    if idle > 0 and clock.starts[0] + close_after <= clock.newest + idle:
-                        clock.newest += idle
-                        clock.arrival = now
-                        close(device, metric, clock, clock.newest)
+                    until = clock.newest + (now - clock.arrival)
+                    starts = clock.starts
+                    if starts[0] + close_after <= until:
+                        clock.flushed.update(s for s in starts if s + close_after <= until)
+                        close(device, metric, clock, until)
 
             def on_error(error: Exception) -> None:
                 ticker.dispose()

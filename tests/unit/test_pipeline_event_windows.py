@@ -177,3 +177,19 @@ def test_device_interleaving_does_not_change_the_result() -> None:
         )
         results.append(summary(emitted(scheduler.start(lambda: op(xs)))))  # noqa: B023
     assert results[0] == results[1] == results[2]
+
+
+def test_a_backlog_sent_after_an_outage_lands_in_its_own_windows() -> None:
+    """Store-and-forward: a device offline for 100 s sends its buffered readings on return."""
+    scheduler = TestScheduler()
+    counters = Counters()
+    ctx = step_context(scheduler, counters, step="w")
+    op = windows.event_window(10.0, None, ("count",), 2.0, None, ctx)
+    live = [on_next(201 + t, reading(1, ts=float(t))) for t in range(6)]
+    backlog = [on_next(310, reading(1, ts=float(t))) for t in range(6, 100)]
+    xs = scheduler.create_hot_observable(*live, *backlog, on_completed(320))
+    out = emitted(scheduler.start(lambda: op(xs)))
+    got = [(r.start, r.count) for _, r in out if isinstance(r, Aggregate)]
+    assert got[0] == (0.0, 6)  # emitted while the device was away
+    assert got[1:] == [(float(start), 10) for start in range(10, 100, 10)]
+    assert counters.get("p/w", "late") == 4  # ts 6..9 belonged to the window already emitted
