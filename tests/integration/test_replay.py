@@ -238,3 +238,32 @@ def test_actions_are_published_on_their_own_topic(tmp_path: Path) -> None:
         "sensor temperature",
         1700000001.0,
     )
+
+
+def test_source_feeds_only_the_pipelines_reading_from_it(tmp_path: Path) -> None:
+    config = {
+        "sources": [
+            {"id": "plant", "type": "mqtt", "topics": ["s/{device}/{metric}"]},
+            {"id": "lab", "type": "mqtt", "topics": ["l/{device}/{metric}"]},
+        ],
+        "pipelines": [
+            {
+                "id": f"{name}-limits",
+                "from": [name],
+                "steps": [{"range": {"min": 0, "max": 10}}],
+                "to": ["up"],
+                "forward": ["alerts"],
+            }
+            for name in ("plant", "lab")
+        ],
+        "sinks": [{"id": "up", "type": "mqtt", "broker": {"port": 1}}],
+    }
+    path = tmp_path / "g.yaml"
+    path.write_text(yaml.safe_dump(config))
+    data = tmp_path / "x.csv"
+    data.write_text("ts,value\n1700000000,50\n")
+    for source, expected in ((None, ["lab-limits", "plant-limits"]), ("lab", ["lab-limits"])):
+        args = ["-c", str(path), "--input", str(data)] + (["--source", source] if source else [])
+        lines, err, code = replay(*args)
+        assert code == 0, err
+        assert sorted(x["payload"]["pipeline"] for x in lines) == expected
