@@ -1,4 +1,4 @@
-"""``edge-gateway run | check``: the command-line entry point and its exit codes.
+"""``edge-gateway run | check | replay``: the command-line entry point and its exit codes.
 
 Exit codes: 0 ok, 2 invalid configuration, 1 unexpected failure.
 """
@@ -34,7 +34,30 @@ def _parser() -> argparse.ArgumentParser:
     )
     check = sub.add_parser("check", help="validate a config without touching devices or network")
     check.add_argument("-c", "--config", required=True, help="YAML config file")
+    _replay_parser(sub)
     return parser
+
+
+def _replay_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    replay = sub.add_parser(
+        "replay",
+        help="run the pipelines over a recording in event time; messages as JSON lines on stdout",
+    )
+    replay.add_argument("-c", "--config", required=True, help="YAML config file")
+    replay.add_argument(
+        "--input", help="recording: CSV with a header row, or JSON lines; - is stdin"
+    )
+    replay.add_argument("--format", choices=["csv", "jsonl"], help="default: from the file name")
+    replay.add_argument(
+        "--device", help="device of readings that name none (default: file name); else a filter"
+    )
+    replay.add_argument(
+        "--metric", help="metric of a 'value' column (default: value); else a filter"
+    )
+    replay.add_argument("--source", help="source id: feed only the pipelines reading from it")
+    replay.add_argument("--from-store", metavar="DB", help="replay the readings of a gateway store")
+    replay.add_argument("--since", help="with --from-store: from this time (ISO 8601 or epoch s)")
+    replay.add_argument("--until", help="with --from-store: before this time")
 
 
 def summary(config: Config) -> str:
@@ -87,6 +110,20 @@ def main(argv: Sequence[str] | None = None) -> int:
         print("ok")
         print(summary(config))
         return EXIT_OK
+    if args.command == "replay":
+        from gateway import replay
+
+        return replay.run(
+            config,
+            args.input,
+            args.format,
+            args.device,
+            args.metric,
+            args.source,
+            args.from_store,
+            args.since,
+            args.until,
+        )
     setup(args.log_level or config.gateway.log_level)
     try:
         asyncio.run(_run(config))

@@ -5,6 +5,7 @@ One time convention everywhere: ``ts`` is UTC epoch seconds as a float.
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
 from typing import Literal
 
@@ -52,7 +53,31 @@ class Alert:
     value: float
     threshold: float
     message: str
+    score: float = math.nan
+    """The detector's measure of how anomalous the value is (compare with ``threshold``)."""
+    evidence: dict[str, float] = field(default_factory=dict)
+    """What the verdict rests on, e.g. the window ``mean`` and ``std``."""
 
 
-Record = Reading | Aggregate | Alert
+@dataclass(frozen=True, slots=True)
+class Message:
+    """A message a step asks to publish on a topic of its own: an action, a late reading.
+
+    ``topic`` is a template (same placeholders as the sinks' topics), or None for a message
+    that is only kept locally; ``body`` holds the payload fields besides the envelope (``id``,
+    ``v``, ``kind``, ``gateway``, ``pipeline``, ...). ``late`` messages are also stored as
+    dead letters (reason ``late``).
+    """
+
+    pipeline: str
+    step: str
+    device: str
+    metric: str
+    kind: str
+    topic: str | None
+    ts: float
+    body: dict[str, object] = field(default_factory=dict)
+
+
+Record = Reading | Aggregate | Alert | Message
 """Anything a pipeline may emit."""

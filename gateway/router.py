@@ -4,11 +4,27 @@ from __future__ import annotations
 
 from collections.abc import Collection, Sequence
 from dataclasses import dataclass
+from typing import Protocol
 
-from gateway.model import Aggregate, Alert, Reading, Record
+import orjson
+
+from gateway.model import Aggregate, Alert, Message, Reading, Record
 from gateway.sinks.payloads import MessageIds, encode
 from gateway.sinks.topics import render
-from gateway.store.store import Store
+
+
+class Outputs(Protocol):
+    """Where routed records go: the ``Store`` live, stdout in ``replay``."""
+
+    def add_aggregate(self, agg: Aggregate) -> None: ...
+
+    def add_alert(self, alert: Alert) -> None: ...
+
+    def add_outbox(self, sink: str, msg_id: str, topic: str, payload: bytes, qos: int) -> None: ...
+
+    def add_dead_letter(
+        self, source: str, reason: str, detail: str, raw: bytes, ts: float
+    ) -> None: ...
 
 
 @dataclass(frozen=True, slots=True)
@@ -29,7 +45,7 @@ class Router:
         self,
         gateway: str,
         pipeline: str,
-        store: Store,
+        store: Outputs,
         targets: Sequence[Target],
         ids: MessageIds,
         forward: Collection[str],
@@ -48,7 +64,17 @@ class Router:
             self._store.add_aggregate(record)
         elif isinstance(record, Alert):
             self._store.add_alert(record)
-        if isinstance(record, Reading):
+        if isinstance(record, Message):
+            if record.kind == "late":  # a reading a window refused: kept for inspection
+                detail = f"{record.pipeline}/{record.step}: older than the watermark"
+                raw = orjson.dumps({**record.body, "device": record.device, "ts": record.ts})
+                self._store.add_dead_letter(
+                    str(record.body.get("source", "")), "late", detail, raw, record.ts
+                )
+            if record.topic is None:
+                return  # kept locally only
+            # else: a step named the topic (an action, a late topic): sent whatever `forward` says
+        elif isinstance(record, Reading):
             if not self._forward_readings:
                 return
         elif isinstance(record, Aggregate):
@@ -61,6 +87,8 @@ class Router:
                 template, source = target.reading_topic, record.source
             elif isinstance(record, Aggregate):
                 template, source = target.aggregate_topic, ""
+            elif isinstance(record, Message):
+                template, source = record.topic or "", ""
             else:
                 template, source = target.alert_topic, ""
             topic = render(
@@ -72,7 +100,9 @@ class Router:
                     "source": source,
                     "device": record.device,
                     "metric": record.metric,
-                    "kind": type(record).__name__.lower(),
+                    "kind": record.kind
+                    if isinstance(record, Message)
+                    else type(record).__name__.lower(),
                 },
             )
             msg_id = self._ids.next()

@@ -180,6 +180,12 @@ def add_stream_options(parser: argparse.ArgumentParser, *, devices: int, rate: f
         metavar="PATH",
         help="write totals and per device/metric count and sum of values sent",
     )
+    g.add_argument(
+        "--labels",
+        metavar="PATH",
+        help="mqtt: write the injected defects as ground truth (JSON: device, metric, kind, "
+        "start, end)",
+    )
 
 
 def build_parser() -> tuple[argparse.ArgumentParser, SubParsers]:
@@ -332,6 +338,7 @@ def _cmd_mqtt(args: argparse.Namespace, stop: threading.Event) -> int:
         client_id=args.client_id,
         summary_json=args.summary_json,
         stop=stop,
+        labels_json=args.labels,
     )
     print(summary.line(), flush=True)
     return 0

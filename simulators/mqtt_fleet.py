@@ -218,6 +218,7 @@ def run_fleet(
     stall_timeout: float = 60.0,
     summary_json: str | os.PathLike[str] | None = None,
     stop: threading.Event | None = None,
+    labels_json: str | os.PathLike[str] | None = None,
 ) -> FleetSummary:
     """Publish a simulated fleet to ``host:port`` and return what was sent.
 
@@ -243,6 +244,7 @@ def run_fleet(
     pub.connect(host, port)
     pacer = Pacer(rate, sleep=stop.wait)
     slots = 0
+    last_ts = wall0
     try:
         try:
             while not stop.is_set():
@@ -254,7 +256,8 @@ def run_fleet(
                 if stop.is_set():
                     break
                 slots += 1
-                reading = source.take(round(wall0 + offset, 6))
+                last_ts = round(wall0 + offset, 6)
+                reading = source.take(last_ts)
                 if reading is None:
                     summary.dropped += 1
                     continue
@@ -276,6 +279,8 @@ def run_fleet(
         summary.elapsed = pacer.elapsed
     if summary_json is not None:
         summary.write_json(Path(summary_json))
+    if labels_json is not None:
+        Path(labels_json).write_bytes(orjson.dumps({"labels": source.labels(last_ts)}))
     return summary
 
 

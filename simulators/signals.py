@@ -321,6 +321,8 @@ class Signal:
         self._fault_rng = random.Random(f"{seed}:{device}:{metric}:faults")
         self._offset = self._rng.gauss(0.0, self.spec.spread)
         self._frozen: dict[int, float] = {}
+        self.spike_times: list[float] = []
+        """Timestamps of the samples a spike fault hit: ground truth for evaluations."""
 
     def clean(self, ts: float, noise: float) -> float:
         """Baseline + device offset + daily cycle at ``ts``, plus ``noise``."""
@@ -332,7 +334,7 @@ class Signal:
         noise = self._rng.gauss(0.0, self.spec.noise)
         elapsed = ts - self.start_ts
         gain, offset = 1.0, 0.0
-        dropped = False
+        dropped = spiked = False
         stuck: int | None = None
         for i, f in enumerate(self.faults):
             if f.kind == "spike":
@@ -341,6 +343,7 @@ class Signal:
                 sign = 1.0 if self._fault_rng.random() < 0.5 else -1.0
                 if hit and f.active(elapsed):
                     offset += sign * (self.spec.spike if f.mag is None else f.mag)
+                    spiked = True
             elif not f.active(elapsed):
                 continue
             elif f.kind == "drift":
@@ -356,6 +359,8 @@ class Signal:
         value = self._finish(self.clean(ts, noise * gain) + offset)
         if stuck is not None:
             return self._frozen.setdefault(stuck, value)
+        if spiked:  # ground truth: only spikes that reached the output
+            self.spike_times.append(ts)
         return value
 
     def _finish(self, value: float) -> float:
@@ -410,6 +415,42 @@ class ReadingSource:
             for m in self.metrics
         ]
         self._seqs = [0] * len(self._signals)
+
+    def labels(self, end_ts: float) -> list[dict[str, str | float]]:
+        """Ground truth of the injected defects up to ``end_ts``, one episode per entry.
+
+        ``{"device", "metric", "kind", "start", "end"}`` in epoch seconds; a spike is an
+        episode of one sample (``start == end``); a fault without ``for`` ends at ``end_ts``.
+        """
+        out: list[dict[str, str | float]] = []
+        for s in self._signals:
+            for f in s.faults:
+                if f.kind == "spike":
+                    out += [
+                        {
+                            "device": s.device,
+                            "metric": s.metric,
+                            "kind": "spike",
+                            "start": t,
+                            "end": t,
+                        }
+                        for t in s.spike_times
+                    ]
+                    continue
+                start = self.start_ts + f.at
+                if start > end_ts:
+                    continue
+                end = end_ts if f.duration is None else min(start + f.duration, end_ts)
+                out.append(
+                    {
+                        "device": s.device,
+                        "metric": s.metric,
+                        "kind": f.kind,
+                        "start": start,
+                        "end": end,
+                    }
+                )
+        return sorted(out, key=lambda label: (label["start"], label["device"], label["metric"]))
 
     @property
     def series(self) -> tuple[tuple[str, str], ...]:

@@ -1,8 +1,9 @@
 """Pipelines: YAML steps compiled to ReactiveX operators over ``Record``s.
 
-``steps`` is the registry (one typed model per op), ``expressions`` the safe expression
-language, ``operators``/``windows``/``alerts`` the operator factories, ``context`` what a step
-is given at build time.
+``steps`` is the registry (one typed model per op; ``detector_steps`` the detectors' models),
+``expressions`` the safe expression language, ``operators``/``windows``/``alerts``/``silence``/
+``actions`` the operator factories, ``scorers`` the per-key anomaly tests and ``detect`` their
+alert lifecycle, ``context`` what a step is given at build time.
 """
 
 from gateway.pipeline.context import Operator, StepContext

@@ -106,7 +106,7 @@ def threshold(
 
             def on_next(item: Record) -> None:
                 emit(item)
-                if isinstance(item, Alert):
+                if not isinstance(item, Reading | Aggregate):
                     return
                 try:
                     transition = evaluate(item)

@@ -17,13 +17,11 @@ from collections.abc import Sequence
 from typing import Annotated, Any, ClassVar, Literal
 
 from pydantic import (
-    AfterValidator,
     BeforeValidator,
     Discriminator,
     Field,
     FiniteFloat,
     NonNegativeFloat,
-    StringConstraints,
     Tag,
     model_validator,
 )
@@ -34,7 +32,29 @@ from gateway.counters import Counters
 from gateway.model import Record
 from gateway.pipeline import alerts, operators, windows
 from gateway.pipeline.context import Operator, StepContext
+from gateway.pipeline.detector_steps import (
+    DETECTOR_MODELS,
+    ActionStep,
+    AnomalyStep,
+    CusumStep,
+    EwmaStep,
+    MadStep,
+    RangeStep,
+    RateOfChangeStep,
+    SilenceStep,
+    SpikeStep,
+    StuckStep,
+    ZScoreStep,
+)
 from gateway.pipeline.expressions import Expression
+from gateway.pipeline.step_base import (
+    Name,
+    PositiveDuration,
+    StatName,
+    StepModel,
+    _none_is_empty,
+)
+from gateway.sinks.topics import TopicTemplate
 
 __all__ = [
     "STEP_MODELS",
@@ -47,37 +67,7 @@ __all__ = [
     "step_op",
 ]
 
-PositiveDuration = Annotated[Duration, Field(gt=0)]
-StepId = Annotated[str, StringConstraints(pattern=r"^[A-Za-z0-9][A-Za-z0-9_.:-]{0,63}$")]
-Name = Annotated[str, StringConstraints(min_length=1, max_length=128)]
 MAX_WINDOWS_PER_READING = 100
-
-
-def _stat_name(name: str) -> str:
-    if not windows.is_stat_name(name):
-        raise ValueError(
-            f"unknown aggregate {name!r}; expected one of {', '.join(windows.BASIC_STATS)} "
-            "or a percentile such as p50, p95, p99.9"
-        )
-    return name
-
-
-StatName = Annotated[str, AfterValidator(_stat_name)]
-
-
-def _none_is_empty(value: Any) -> Any:
-    """Let ``- dedupe:`` (a YAML null) mean "all defaults"."""
-    return {} if value is None else value
-
-
-class StepModel(StrictModel):
-    """Base of every step: an optional id and a ``build`` returning the operator."""
-
-    OP: ClassVar[str]
-    id: StepId | None = None
-
-    def build(self, ctx: StepContext) -> Operator:
-        raise NotImplementedError
 
 
 class FilterStep(StepModel):
@@ -183,7 +173,13 @@ class WindowParams(StrictModel):
     """Omitted (or equal to size) for tumbling windows."""
     aggregates: tuple[StatName, ...] = windows.DEFAULT_STATS
     lateness: Duration = 2.0
-    """How long after its end a window still accepts readings (processing time)."""
+    """Allowed lateness: how far behind its key's newest reading a reading may still be
+    counted (event time), or how long after its end a window stays open (processing time)."""
+    time: Literal["event", "processing"] = "event"
+    """``event``: windows close on each device+metric's watermark (readings' own ``ts``),
+    so replays and live runs agree; ``processing``: on the gateway's clock."""
+    late_topic: TopicTemplate | None = None
+    """Event time only: publish late readings there as ``late`` messages (side output)."""
 
     @model_validator(mode="after")
     def _check(self) -> WindowParams:
@@ -208,6 +204,10 @@ class WindowStep(StepModel):
 
     def build(self, ctx: StepContext) -> Operator:
         p = self.window
+        if p.time == "event":
+            return windows.event_window(
+                p.size, p.slide, p.aggregates, p.lateness, p.late_topic, ctx
+            )
         return windows.window(p.size, p.slide, p.aggregates, p.lateness, ctx)
 
 
@@ -252,6 +252,7 @@ STEP_MODELS: tuple[type[StepModel], ...] = (
     SampleStep,
     WindowStep,
     ThresholdStep,
+    *DETECTOR_MODELS,
 )
 STEP_NAMES: tuple[str, ...] = tuple(model.OP for model in STEP_MODELS)
 
@@ -291,7 +292,18 @@ Step = Annotated[
     | Annotated[ThrottleStep, Tag("throttle")]
     | Annotated[SampleStep, Tag("sample")]
     | Annotated[WindowStep, Tag("window")]
-    | Annotated[ThresholdStep, Tag("threshold")],
+    | Annotated[ThresholdStep, Tag("threshold")]
+    | Annotated[RangeStep, Tag("range")]
+    | Annotated[RateOfChangeStep, Tag("rate_of_change")]
+    | Annotated[ZScoreStep, Tag("zscore")]
+    | Annotated[EwmaStep, Tag("ewma")]
+    | Annotated[MadStep, Tag("mad")]
+    | Annotated[CusumStep, Tag("cusum")]
+    | Annotated[StuckStep, Tag("stuck")]
+    | Annotated[SpikeStep, Tag("spike")]
+    | Annotated[SilenceStep, Tag("silence")]
+    | Annotated[AnomalyStep, Tag("anomaly")]
+    | Annotated[ActionStep, Tag("action")],
     Discriminator(step_op),
     BeforeValidator(_one_op),
 ]

@@ -20,7 +20,7 @@ from collections.abc import Sequence
 from reactivex import Observable, abc
 from reactivex.disposable import CompositeDisposable
 
-from gateway.model import Aggregate, Reading, Record
+from gateway.model import Aggregate, Message, Reading, Record
 from gateway.pipeline.context import Operator, StepContext, epoch_seconds, every
 
 BASIC_STATS = ("count", "sum", "mean", "min", "max", "first", "last", "stddev")
@@ -232,6 +232,181 @@ def window(
             def on_completed() -> None:
                 ticker.dispose()
                 close(math.inf)
+                observer.on_completed()
+
+            ticker = every(scheduler, tick_period, on_tick)
+            subscription = source.subscribe(on_next, on_error, on_completed, scheduler=scheduler_)
+            return CompositeDisposable(ticker, subscription)
+
+        return Observable(subscribe)
+
+    return operator
+
+
+class _KeyClock:
+    """Event-time progress of one (device, metric): its watermark and open windows."""
+
+    __slots__ = ("arrival", "flushed", "newest", "starts")
+
+    def __init__(self) -> None:
+        self.newest = -math.inf
+        """Newest event time seen: the watermark is this minus the lateness."""
+        self.arrival = 0.0
+        """Processing time at which ``newest`` was seen."""
+        self.starts: list[float] = []
+        """Heap of the starts of this key's open windows."""
+        self.flushed: set[float] = set()
+        """Starts of windows emitted early because the key fell idle (not yet watermarked)."""
+
+
+def event_window(
+    size: float,
+    slide: float | None,
+    aggregates: Sequence[str],
+    lateness: float,
+    late_topic: str | None,
+    ctx: StepContext,
+) -> Operator:
+    """Aggregate readings per (device, metric) over event-time windows closed by a watermark.
+
+    Each key has its own watermark: the newest ``ts`` it has sent, minus ``lateness``. A
+    window ``[start, end)`` is emitted when its key's watermark passes ``end``, so the result
+    depends only on each device's own readings, not on how devices interleave: a recording
+    replayed at full speed gives the same aggregates as the same readings arriving live.
+    A key that falls idle has its open windows emitted once the processing time elapsed since
+    its newest reading would have carried its watermark past them (checked every ``slide``
+    clamped to 1..60 s), so its last window still comes out; its watermark itself does not
+    move, so a device that comes back with a backlog of older readings (store-and-forward)
+    has them counted in their own windows, except in the windows already emitted. A reading
+    older than its key's watermark allows, or for a window already emitted, is **late**: counted as
+    ``late`` and sent on as a ``late`` message (the side output: the router keeps it as a
+    dead letter and, with ``late_topic``, publishes it there).
+
+    ``size=10, lateness=2``, readings shown as ``ts:value``::
+
+        -0:1--3:2--9:3--11:4--12:5--8:6--25:7--|
+        ------------------------A---L----B----C|
+
+        A = [0, 10) count 3 (emitted when 12 arrives: watermark 10); L = 8:6 is late;
+        B = [10, 20) emitted when 25 arrives; C = [20, 30) flushed at completion.
+    """
+    slide_s = size if slide is None else slide
+    names = tuple(aggregates)
+    keep_samples = any(PERCENTILE.match(name) for name in names)
+    spread = "stddev" in names
+    close_after = size + lateness
+    tumbling = slide_s == size
+    tick_period = min(max(slide_s, 1.0), 60.0)
+    scheduler, counters, component = ctx.scheduler, ctx.counters, ctx.component
+    pipeline, step = ctx.pipeline, ctx.step
+
+    def operator(source: Observable[Record]) -> Observable[Record]:
+        def subscribe(
+            observer: abc.ObserverBase[Record], scheduler_: abc.SchedulerBase | None = None
+        ) -> abc.DisposableBase:
+            open_windows: dict[WindowKey, Accumulator] = {}
+            clocks: dict[tuple[str, str], _KeyClock] = {}
+            rng = random.Random(0)
+            emit = observer.on_next
+
+            def add(device: str, metric: str, clock: _KeyClock, start: float, v: float) -> None:
+                key = (device, metric, start)
+                acc = open_windows.get(key)
+                if acc is None:
+                    acc = open_windows[key] = Accumulator(keep_samples, spread)
+                    heapq.heappush(clock.starts, start)
+                acc.add(v, rng)
+
+            def close(device: str, metric: str, clock: _KeyClock, until: float) -> None:
+                starts = clock.starts
+                while starts and starts[0] + close_after <= until:
+                    start = heapq.heappop(starts)
+                    acc = open_windows.pop((device, metric, start))
+                    try:
+                        stats = acc.stats(names)
+                    except Exception:  # a window that cannot be summarised is dropped
+                        counters.inc(component, "error")
+                        continue
+                    emit(
+                        Aggregate(
+                            pipeline, step, device, metric, start, start + size, acc.count, stats
+                        )
+                    )
+
+            def late(item: Reading, clock: _KeyClock) -> None:
+                counters.inc(component, "late")
+                body: dict[str, object] = {
+                    "source": item.source,
+                    "value": item.value,
+                    "seq": item.seq,
+                    "watermark": clock.newest - lateness,
+                }
+                emit(
+                    Message(
+                        pipeline, step, item.device, item.metric, "late", late_topic, item.ts, body
+                    )
+                )
+
+            def on_next(item: Record) -> None:
+                if type(item) is not Reading:
+                    emit(item)
+                    return
+                try:
+                    device, metric, ts = item.device, item.metric, item.ts
+                    value = float(item.value)
+                    if not math.isfinite(ts):
+                        counters.inc(component, "error")
+                        return
+                    clock = clocks.get((device, metric))
+                    if clock is None:
+                        clock = clocks[(device, metric)] = _KeyClock()
+                    if ts > clock.newest:
+                        clock.newest = ts
+                        clock.arrival = epoch_seconds(scheduler)
+                        if clock.flushed:  # the watermark now covers them
+                            clock.flushed = {s for s in clock.flushed if s + close_after > ts}
+                    newest = clock.newest
+                    flushed = clock.flushed
+                    if tumbling:
+                        start = math.floor(ts / size) * size
+                        if start + close_after <= newest or start in flushed:
+                            late(item, clock)
+                            return
+                        add(device, metric, clock, start, value)
+                    else:
+                        added = False
+                        first = math.floor((ts - size) / slide_s) + 1
+                        for k in range(math.floor(ts / slide_s), first - 1, -1):
+                            start = k * slide_s
+                            if start + close_after > newest and start not in flushed:
+                                add(device, metric, clock, start, value)
+                                added = True
+                        if not added:
+                            late(item, clock)
+                            return
+                    close(device, metric, clock, newest)
+                except Exception:  # the per-item boundary: count, drop, carry on
+                    counters.inc(component, "error")
+
+            def on_tick() -> None:
+                now = epoch_seconds(scheduler)
+                for (device, metric), clock in clocks.items():
+                    if not clock.starts:
+                        continue
+                    until = clock.newest + (now - clock.arrival)
+                    starts = clock.starts
+                    if starts[0] + close_after <= until:
+                        clock.flushed.update(s for s in starts if s + close_after <= until)
+                        close(device, metric, clock, until)
+
+            def on_error(error: Exception) -> None:
+                ticker.dispose()
+                observer.on_error(error)
+
+            def on_completed() -> None:
+                ticker.dispose()
+                for (device, metric), clock in clocks.items():
+                    close(device, metric, clock, math.inf)
                 observer.on_completed()
 
             ticker = every(scheduler, tick_period, on_tick)

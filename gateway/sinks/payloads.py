@@ -11,7 +11,7 @@ import os
 
 import orjson
 
-from gateway.model import Aggregate, Alert, Reading, Record
+from gateway.model import Aggregate, Alert, Message, Reading, Record
 
 SCHEMA_VERSION = 1
 
@@ -32,6 +32,8 @@ def kind_of(record: Record) -> str:
         return "reading"
     if isinstance(record, Aggregate):
         return "aggregate"
+    if isinstance(record, Message):
+        return record.kind
     return "alert"
 
 
@@ -66,6 +68,19 @@ def encode(record: Record, msg_id: str, gateway: str, pipeline: str) -> bytes:
             "count": record.count,
             "stats": record.stats,
         }
+    elif isinstance(record, Message):
+        doc = {
+            **record.body,
+            "id": msg_id,
+            "v": SCHEMA_VERSION,
+            "kind": record.kind,
+            "gateway": gateway,
+            "pipeline": record.pipeline,
+            "step": record.step,
+            "device": record.device,
+            "metric": record.metric,
+            "ts": record.ts,
+        }
     else:
         assert isinstance(record, Alert)
         doc = {
@@ -84,5 +99,7 @@ def encode(record: Record, msg_id: str, gateway: str, pipeline: str) -> bytes:
             "value": record.value,
             "threshold": record.threshold,
             "message": record.message,
+            "score": record.score,
+            "evidence": record.evidence,
         }
     return orjson.dumps(doc)

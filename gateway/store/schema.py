@@ -75,9 +75,16 @@ def create_schema(db: Database) -> None:
                 "value": float,
                 "threshold": float,
                 "message": str,
+                "score": float,
+                "evidence": str,
             },
             if_not_exists=True,
         )
+        # added after version 1 shipped: nullable columns, added in place to older files
+        alert_columns = db.table("alerts").columns_dict
+        for name, kind in (("score", float), ("evidence", str)):
+            if name not in alert_columns:
+                db.table("alerts").add_column(name, kind)
         db.table("dead_letters").create(
             {"id": int, "source": str, "ts": float, "reason": str, "detail": str, "raw": bytes},
             pk="id",

@@ -76,7 +76,7 @@ _INSERT_AGGREGATE = (
 )
 _INSERT_ALERT = (
     "INSERT INTO alerts (pipeline, step, device, metric, kind, state, severity, ts, value,"
-    " threshold, message) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
+    " threshold, message, score, evidence) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
 )
 _INSERT_DEAD_LETTER = (
     "INSERT INTO dead_letters (source, ts, reason, detail, raw) VALUES (?, ?, ?, ?, ?)"
@@ -86,19 +86,6 @@ _INSERT_OUTBOX = (
 )
 
 _reading_row = attrgetter("source", "device", "metric", "ts", "value", "seq")
-_alert_row = attrgetter(
-    "pipeline",
-    "step",
-    "device",
-    "metric",
-    "kind",
-    "state",
-    "severity",
-    "ts",
-    "value",
-    "threshold",
-    "message",
-)
 
 # Errors that belong to one item, not to the database: retrying the batch cannot help.
 _ITEM_ERRORS: tuple[type[Exception], ...] = (
@@ -166,6 +153,26 @@ class _Written:
 def _aggregate_row(a: Aggregate) -> tuple[Any, ...]:
     stats = orjson.dumps(a.stats).decode()
     return (a.pipeline, a.step, a.device, a.metric, a.start, a.end, a.count, stats)
+
+
+def _alert_row(a: Alert) -> tuple[Any, ...]:
+    score = a.score if a.score == a.score else None  # NaN: no score
+    evidence = orjson.dumps(a.evidence).decode() if a.evidence else None
+    return (
+        a.pipeline,
+        a.step,
+        a.device,
+        a.metric,
+        a.kind,
+        a.state,
+        a.severity,
+        a.ts,
+        a.value,
+        a.threshold,
+        a.message,
+        score,
+        evidence,
+    )
 
 
 def _same_row(row: tuple[Any, ...]) -> tuple[Any, ...]:

@@ -86,6 +86,17 @@ def test_step_names_cover_the_union() -> None:
         "sample",
         "window",
         "threshold",
+        "range",
+        "rate_of_change",
+        "zscore",
+        "ewma",
+        "mad",
+        "cusum",
+        "stuck",
+        "spike",
+        "silence",
+        "anomaly",
+        "action",
     }
 
 

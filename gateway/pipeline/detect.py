@@ -1,0 +1,176 @@
+"""Detector steps: a scorer per (device, metric) plus the alert lifecycle, as an Rx operator.
+
+Lifecycle, per key, in event time (the readings' own ``ts``):
+
+* **raise** when the scorer has found every reading anomalous for at least ``for_s``
+  seconds (``0``: at the first anomalous reading);
+* **clear** after ``clear_after`` consecutive normal readings while raised;
+* **cooldown**: no new raise until ``cooldown`` seconds after the previous raise, so a
+  failing sensor produces one alert, not thousands (the anomalous readings in between are
+  counted as ``suppressed``).
+
+The alert carries the detector id (the step id), its kind, severity, the event time and value
+of the triggering reading, the score against its limit and the evidence.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from math import isfinite
+
+from reactivex import Observable, abc
+
+from gateway.counters import Counters
+from gateway.model import Aggregate, Alert, Reading, Record
+from gateway.pipeline.context import Operator, StepContext
+from gateway.pipeline.scorers import Finding, Scorer, ScorerFactory
+
+
+@dataclass(frozen=True, slots=True)
+class Lifecycle:
+    """When a run of anomalous readings raises, and when it clears."""
+
+    for_s: float = 0.0
+    clear_after: int = 1
+    cooldown: float = 0.0
+
+
+@dataclass(slots=True)
+class _KeyState:
+    scorer: Scorer
+    raised: Finding | None = None
+    anomalous_since: float | None = None
+    normal_run: int = 0
+    next_raise: float = -math.inf
+
+
+class Detector:
+    """Scorers and lifecycle for every (device, metric) one step sees: ``feed`` one item.
+
+    Usable without Rx (the evaluation scripts drive it directly).
+    """
+
+    def __init__(
+        self,
+        kind: str,
+        factory: ScorerFactory,
+        severity: str,
+        lifecycle: Lifecycle,
+        pipeline: str,
+        step: str,
+        stat: str = "mean",
+        counters: Counters | None = None,
+    ) -> None:
+        self.kind, self.factory, self.severity = kind, factory, severity
+        self.lifecycle, self.pipeline, self.step, self.stat = lifecycle, pipeline, step, stat
+        self.counters = counters if counters is not None else Counters()
+        self.component = f"{pipeline}/{step}"
+        self.keys: dict[tuple[str, str], _KeyState] = {}
+
+    def feed(self, item: Reading | Aggregate) -> Alert | None:
+        """Score one reading (or an aggregate's ``stat`` at its end); a transition or None.
+
+        Non-finite values are counted as ``non_finite`` and skipped: they carry no evidence.
+        """
+        if type(item) is Reading:
+            value, ts = item.value, item.ts
+        else:
+            assert isinstance(item, Aggregate)
+            value, ts = item.stats[self.stat], item.end
+        if not isfinite(value):
+            self.counters.inc(self.component, "non_finite")
+            return None
+        key = (item.device, item.metric)
+        state = self.keys.get(key)
+        if state is None:
+            state = self.keys[key] = _KeyState(self.factory())
+        finding = state.scorer.observe(ts, value)
+        life = self.lifecycle
+        if finding is None:
+            state.anomalous_since = None
+            if state.raised is not None:
+                state.normal_run += 1
+                if state.normal_run >= life.clear_after:
+                    raised, state.raised = state.raised, None
+                    return self._alert(item, "cleared", ts, value, raised, "back to normal")
+            return None
+        state.normal_run = 0
+        if state.raised is not None:
+            return None
+        event_ts = finding.ts if finding.ts is not None else ts
+        if state.anomalous_since is None:
+            state.anomalous_since = event_ts
+        if ts - state.anomalous_since < life.for_s:
+            return None
+        if event_ts < state.next_raise:
+            self.counters.inc(self.component, "suppressed")
+            return None
+        state.raised = finding
+        state.next_raise = event_ts + life.cooldown
+        event_value = finding.value if finding.value is not None else value
+        return self._alert(item, "raised", event_ts, event_value, finding, finding.reason)
+
+    def _alert(
+        self,
+        item: Reading | Aggregate,
+        state: str,
+        ts: float,
+        value: float,
+        finding: Finding,
+        reason: str,
+    ) -> Alert:
+        return Alert(
+            self.pipeline,
+            self.step,
+            item.device,
+            item.metric,
+            self.kind,
+            "raised" if state == "raised" else "cleared",
+            self.severity,
+            ts,
+            value,
+            finding.limit,
+            f"{item.device} {item.metric} = {value:g}: {reason}",
+            finding.score,
+            finding.evidence,
+        )
+
+
+def detect(detector: Detector, ctx: StepContext) -> Operator:
+    """Run ``detector`` on every reading (and aggregate); alerts follow their trigger.
+
+    Every input passes through unchanged. An item whose scoring fails is counted as
+    ``error`` and still passes. E.g. a ``range`` of ``[0, 100]``, clear after 1::
+
+        -50--120--130--60--|
+        -50--120R-130--60C-|     R = raised after 120, C = cleared after 60
+    """
+    counters, component = ctx.counters, ctx.component
+    feed = detector.feed
+
+    def operator(source: Observable[Record]) -> Observable[Record]:
+        def subscribe(
+            observer: abc.ObserverBase[Record], scheduler: abc.SchedulerBase | None = None
+        ) -> abc.DisposableBase:
+            emit = observer.on_next
+
+            def on_next(item: Record) -> None:
+                emit(item)
+                if type(item) is not Reading and type(item) is not Aggregate:
+                    return
+                try:
+                    transition = feed(item)
+                except Exception:  # the per-item boundary: count, carry on (the item passed)
+                    counters.inc(component, "error")
+                    return
+                if transition is not None:
+                    emit(transition)
+
+            return source.subscribe(
+                on_next, observer.on_error, observer.on_completed, scheduler=scheduler
+            )
+
+        return Observable(subscribe)
+
+    return operator
