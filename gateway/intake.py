@@ -25,7 +25,8 @@ class Intake:
         warn_interval: float = 10.0,
     ) -> None:
         self._store = store
-        self._routes = routes
+        self.routes = routes
+        """Source id -> pipeline inputs; replaced as a whole on reload."""
         self._counters = counters
         self._clock = clock
         self._warn = RateLimitedLog(log, warn_interval)
@@ -37,7 +38,7 @@ class Intake:
         self._store.add_readings(readings)
         source = readings[0].source
         self._counters.inc(source, "readings", len(readings))
-        for push in self._routes.get(source, ()):
+        for push in self.routes.get(source, ()):
             for reading in readings:
                 push(reading)
 

@@ -7,6 +7,7 @@ from typing import Annotated, Literal
 from pydantic import Field
 
 from gateway.config.types import Duration, StrictModel
+from gateway.metrics import HttpConfig
 from gateway.pipeline.steps import Step
 from gateway.sinks.mqtt import MqttSinkConfig
 from gateway.sources.mqtt import MqttSourceConfig
@@ -25,6 +26,9 @@ class GatewaySection(StrictModel):
     id: str = Field("edge-gateway", pattern=ID_PATTERN)
     log_level: Literal["debug", "info", "warning", "error"] = "info"
     status_interval: Duration = Field(60.0, gt=0, description="how often a status line is logged")
+    stall_after: Duration = Field(
+        120.0, gt=0, description="no progress for this long stops the systemd watchdog pings"
+    )
 
 
 class PipelineConfig(StrictModel):
@@ -48,6 +52,7 @@ class Config(StrictModel):
     sources: list[SourceConfig] = Field(min_length=1)
     pipelines: list[PipelineConfig] = []
     sinks: list[SinkConfig] = []
+    http: HttpConfig = HttpConfig()
 
 
 def cross_references(config: Config) -> list[tuple[tuple[str | int, ...], str]]:

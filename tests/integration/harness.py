@@ -145,6 +145,7 @@ def gateway_config(
     return {
         "gateway": {"id": "gw-test", "log_level": "info"},
         "store": {"path": str(workdir / "gateway.db")},
+        "http": {"port": 0},
         "sources": sources,
         "pipelines": pipelines,
         "sinks": [
