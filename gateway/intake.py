@@ -37,12 +37,14 @@ class Intake:
             return
         self._store.add_readings(readings)
         source = readings[0].source
+        self._counters.inc(source, "messages")
         self._counters.inc(source, "readings", len(readings))
         for push in self.routes.get(source, ()):
             for reading in readings:
                 push(reading)
 
     def reject(self, source: str, reason: str, detail: str, raw: bytes) -> None:
+        self._counters.inc(source, "messages")
         self._counters.inc(source, f"rejected_{reason}")
         self._store.add_dead_letter(source, reason, detail, raw, self._clock())
         self._warn.warning(

@@ -45,8 +45,9 @@ class JsonFormatter(logging.Formatter):
 
 
 class RepeatFilter(logging.Filter):
-    """Lets an identical line (same logger, level and text) through at most once per
-    ``interval``; the next one that passes says how many were held back."""
+    """Lets an identical warning or error (same logger, level and text) through at most once
+    per ``interval``; the next one that passes says how many were held back. Info lines are
+    deliberate events (a reload, a connection) and always pass."""
 
     def __init__(
         self, interval: float = 10.0, clock: Callable[[], float] = time.monotonic, size: int = 1024
@@ -58,6 +59,8 @@ class RepeatFilter(logging.Filter):
         self._seen: dict[tuple[str, int, str], tuple[float, int]] = {}
 
     def filter(self, record: logging.LogRecord) -> bool:
+        if record.levelno < logging.WARNING:
+            return True
         key = (record.name, record.levelno, record.getMessage())
         now = self._clock()
         last = self._seen.get(key)

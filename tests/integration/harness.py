@@ -21,8 +21,9 @@ import yaml
 class GatewayProcess:
     """``edge-gateway run -c CONFIG`` in a child process, stopped with SIGTERM."""
 
-    def __init__(self, workdir: Path, config: dict[str, Any]) -> None:
+    def __init__(self, workdir: Path, config: dict[str, Any], args: tuple[str, ...] = ()) -> None:
         self.workdir = workdir
+        self.args = args
         self.config_path = workdir / "gateway.yaml"
         self.config_path.write_text(yaml.safe_dump(config, sort_keys=False))
         self.db_path = Path(config["store"]["path"])
@@ -32,7 +33,7 @@ class GatewayProcess:
     def start(self) -> None:
         log = open(self.log_path, "ab")  # noqa: SIM115
         self.proc = subprocess.Popen(
-            [sys.executable, "-m", "gateway.cli", "run", "-c", str(self.config_path)],
+            [sys.executable, "-m", "gateway.cli", "run", "-c", str(self.config_path), *self.args],
             stdout=log,
             stderr=subprocess.STDOUT,
             cwd=self.workdir,

@@ -83,5 +83,7 @@ def test_without_a_service_manager_nothing_is_sent_and_nothing_fails(tmp_path: P
         ({}, None),
     ],
 )
-def test_watchdog_interval_from_the_environment(env: dict[str, str], expected: float | None) -> None:
+def test_watchdog_interval_from_the_environment(
+    env: dict[str, str], expected: float | None
+) -> None:
     assert watchdog_interval(env) == expected
