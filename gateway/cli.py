@@ -16,6 +16,7 @@ from collections.abc import Sequence
 from gateway import __version__
 from gateway.config.loader import load
 from gateway.config.model import Config
+from gateway.config.redact import effective_yaml
 from gateway.errors import ConfigError
 from gateway.logs import LOG_FORMATS, setup
 
@@ -41,6 +42,9 @@ def _parser() -> argparse.ArgumentParser:
     )
     check = sub.add_parser("check", help="validate a config without touching devices or network")
     check.add_argument("-c", "--config", required=True, help="YAML config file")
+    check.add_argument(
+        "-q", "--quiet", action="store_true", help="print nothing when the config is valid"
+    )
     return parser
 
 
@@ -93,8 +97,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         print("\n".join(exc.problems), file=sys.stderr)
         return EXIT_CONFIG
     if args.command == "check":
-        print("ok")
-        print(summary(config))
+        if not args.quiet:
+            print("ok")
+            print(summary(config))
+            print("\neffective config (defaults filled in, secrets redacted):")
+            print(effective_yaml(config), end="")
         return EXIT_OK
     setup(args.log_level or config.gateway.log_level, args.log_format)
     try:
