@@ -206,7 +206,9 @@ class Gateway:
         self._scheduler = AsyncIOScheduler(asyncio.get_running_loop())
         for p in self.config.pipelines:
             self.pipelines[p.id] = self._pipeline(self.config, p)
-        self._intake = Intake(self.store, self._routes(), self.counters, time.time)
+        self._intake = Intake(
+            self.store, self._routes(), self.counters, time.time, limits=self.config.limits
+        )
         wd = watchdog_interval()
         http = self.config.http
         server = (
@@ -362,6 +364,7 @@ class Gateway:
             if p.id in changes.pipelines:
                 self.pipelines[p.id] = self._pipeline(new, p)
         self._intake.routes = self._routes()
+        self._intake.set_limits(new.limits)
         for pipeline in retired:
             pipeline.subject.on_completed()
             pipeline.subscription.dispose()

@@ -97,9 +97,6 @@ class GatewayCollector(Collector):
         sink = CounterMetricFamily(
             "edge_gateway_sink_messages", "sink deliveries", labels=["sink", "event"]
         )
-        limits = CounterMetricFamily(
-            "edge_gateway_input_limited", "inputs refused by a limit", labels=["source", "limit"]
-        )
         late_per_pipeline: dict[str, int] = {}
         for (component, name), n in counts.items():
             if component in self.sources:
@@ -109,8 +106,6 @@ class GatewayCollector(Collector):
                     decoded.add_metric([component], n)
                 elif name.startswith("rejected_"):
                     malformed.add_metric([component, name.removeprefix("rejected_")], n)
-                elif name.startswith("limit_"):
-                    limits.add_metric([component, name.removeprefix("limit_")], n)
             elif component == "store" and name in STORE_COUNTERS:
                 store.add_metric([name], n)
             elif "/" in component and name in STEP_EVENTS:
@@ -122,7 +117,7 @@ class GatewayCollector(Collector):
                 sink.add_metric([component, name], n)
         for pipeline, n in late_per_pipeline.items():
             late.add_metric([pipeline], n)
-        yield from (received, decoded, malformed, limits, steps, late, store, sink)
+        yield from (received, decoded, malformed, steps, late, store, sink)
 
         alerts = CounterMetricFamily(
             "edge_gateway_alerts_raised", "alerts raised", labels=["pipeline", "severity"]

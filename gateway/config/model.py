@@ -6,6 +6,7 @@ from typing import Annotated, Literal
 
 from pydantic import Field
 
+from gateway.config.limits import LimitsConfig
 from gateway.config.types import Duration, StrictModel
 from gateway.metrics import HttpConfig
 from gateway.pipeline.steps import Step
@@ -52,6 +53,7 @@ class Config(StrictModel):
     sources: list[SourceConfig] = Field(min_length=1)
     pipelines: list[PipelineConfig] = []
     sinks: list[SinkConfig] = []
+    limits: LimitsConfig = LimitsConfig()
     http: HttpConfig = HttpConfig()
 
 
