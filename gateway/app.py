@@ -30,6 +30,7 @@ from gateway.intake import Intake
 from gateway.metrics import MetricsServer
 from gateway.model import Reading, Record
 from gateway.pipeline.steps import compile_steps
+from gateway.presence import Presence
 from gateway.router import Router, Target
 from gateway.sinks.forwarder import Forwarder
 from gateway.sinks.mqtt import MqttPublisher, MqttSinkConfig
@@ -187,9 +188,16 @@ class Gateway:
         self.sources[source.id] = source
         self._start(f"source:{source.id}", functools.partial(source.run, self._intake))
 
-    def _start_sink(self, forwarder: Forwarder) -> None:
+    def _start_sink(self, forwarder: Forwarder, sink: MqttSinkConfig) -> None:
         self.forwarders[forwarder.sink_id] = forwarder
         self._start(f"sink:{forwarder.sink_id}", forwarder.run)
+        template = self.config.gateway.status_topic
+        if template is not None:
+            client_id = sink.broker.client_id or f"{self.config.gateway.id}-{sink.id}"
+            presence = Presence(
+                self.config.gateway.id, sink.id, sink.broker, f"{client_id}-status", template
+            )
+            self._start(f"status:{sink.id}", presence.run)
 
     async def _stop_tasks(self, names: list[str]) -> None:
         await _cancel([t for n in names if (t := self._tasks.pop(n, None)) is not None])
@@ -229,7 +237,7 @@ class Gateway:
             for s in self.config.sources:
                 self._start_source(self._source(self.config, s.id))
             for sink in self.config.sinks:
-                self._start_sink(self._forwarder(sink))
+                self._start_sink(self._forwarder(sink), sink)
             status_task = tg.create_task(
                 status.report(
                     self.counters, self.store, self.forwarders, self.config.gateway.status_interval
@@ -343,13 +351,15 @@ class Gateway:
             )
         assert self._intake is not None
         # 1. Sinks first, so rebuilt pipelines never route to a forwarder that is gone.
-        await self._stop_tasks([f"sink:{s}" for s in changes.sinks if s in self.forwarders])
+        await self._stop_tasks(
+            [f"{kind}:{s}" for s in changes.sinks for kind in ("sink", "status")]
+        )
         for sink_id in changes.sinks:
             if (f := self.forwarders.pop(sink_id, None)) is not None:
                 await f.close()
         for sink in new.sinks:
             if sink.id in changes.sinks:
-                self._start_sink(self._forwarder(sink))
+                self._start_sink(self._forwarder(sink), sink)
         removed_sinks = [s for s in changes.sinks if s not in {k.id for k in new.sinks}]
         for sink_id in removed_sinks:
             log.warning(

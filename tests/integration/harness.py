@@ -113,6 +113,8 @@ class Collector:
     def _on_message(self, _c: mqtt.Client, _u: Any, msg: mqtt.MQTTMessage) -> None:
         doc = json.loads(msg.payload)
         doc["_topic"] = msg.topic
+        if "id" not in doc:  # the gateway's retained online/offline status, not a record
+            return
         with self._cond:
             self.received += 1
             self.messages[doc["id"]] = doc

@@ -290,3 +290,76 @@ def test_ten_reloads_under_load_lose_no_reading(
     [(counted,)] = gw.query("SELECT sum(count) FROM aggregates")
     assert counted == 6000
     assert gw.log().count("reloaded: pipelines stats") == 10
+
+
+class StatusWatcher:
+    """Subscribes to the gateway's status topic and keeps every state it sees."""
+
+    def __init__(self, broker: Broker, topic: str) -> None:
+        import paho.mqtt.client as mqtt
+
+        self.states: list[dict[str, Any]] = []
+        self._cond = threading.Condition()
+        self._client = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2)
+        self._client.on_message = self._on_message
+        self._client.connect(broker.host, broker.port)
+        self._client.subscribe(topic, qos=1)
+        self._client.loop_start()
+
+    def _on_message(self, _c: Any, _u: Any, msg: Any) -> None:
+        with self._cond:
+            self.states.append({**json.loads(msg.payload), "_retained": bool(msg.retain)})
+            self._cond.notify_all()
+
+    def wait_state(self, state: str, reason: str, timeout: float = 20) -> dict[str, Any]:
+        def found() -> dict[str, Any] | None:
+            return next(
+                (s for s in self.states if s["state"] == state and s["reason"] == reason), None
+            )
+
+        with self._cond:
+            assert self._cond.wait_for(lambda: found() is not None, timeout), self.states
+            result = found()
+            assert result is not None
+            self.states.clear()
+            return result
+
+    def close(self) -> None:
+        self._client.loop_stop()
+        self._client.disconnect()
+
+
+def test_retained_status_topic_with_last_will(
+    tmp_path: Path, broker: Broker, upstream_broker: Broker
+) -> None:
+    config = gateway_config(
+        tmp_path,
+        sources=[fleet_source(broker.port)],
+        pipelines=[stats_pipeline()],
+        upstream_port=upstream_broker.port,
+    )
+    config["sinks"][0]["broker"]["keepalive"] = 5
+    watcher = StatusWatcher(upstream_broker, "site/gw-test/status")
+    try:
+        gw = GatewayProcess(tmp_path, config)
+        gw.start()
+        online = watcher.wait_state("online", "started")
+        assert online["gateway"] == "gw-test"
+        assert gw.stop() == 0
+        watcher.wait_state("offline", "stopped")
+        # A subscriber arriving later learns the last state at once: it is retained.
+        late = StatusWatcher(upstream_broker, "site/gw-test/status")
+        try:
+            retained = late.wait_state("offline", "stopped")
+            assert retained["_retained"] is True
+        finally:
+            late.close()
+        # Killed without a goodbye: the broker publishes the last will.
+        gw.start()
+        watcher.wait_state("online", "started")
+        assert gw.proc is not None
+        os.kill(gw.proc.pid, signal.SIGKILL)
+        gw.proc.wait()
+        watcher.wait_state("offline", "connection lost")
+    finally:
+        watcher.close()
