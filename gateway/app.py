@@ -82,7 +82,7 @@ class Changes:
 def diff(old: Config, new: Config) -> Changes:
     """Ids of sources, pipelines and sinks that were added, removed or changed.
 
-    A pipeline also counts as changed when a sink it forwards to changed (its targets).
+    A pipeline also counts as changed when the topics or QoS of a sink it forwards to changed.
     """
 
     def changed(a: dict[str, object], b: dict[str, object]) -> set[str]:
@@ -91,7 +91,11 @@ def diff(old: Config, new: Config) -> Changes:
     sinks = changed({s.id: s for s in old.sinks}, {s.id: s for s in new.sinks})
     sources = changed({s.id: s for s in old.sources}, {s.id: s for s in new.sources})
     pipelines = changed({p.id: p for p in old.pipelines}, {p.id: p for p in new.pipelines})
-    pipelines |= {p.id for p in new.pipelines if sinks & set(p.to)}
+    # What a pipeline's router needs from a sink: its topics and QoS (not its connection).
+    targets = changed(
+        {s.id: (s.topics, s.qos) for s in old.sinks}, {s.id: (s.topics, s.qos) for s in new.sinks}
+    )
+    pipelines |= {p.id for p in new.pipelines if targets & set(p.to)}
     restart = tuple(
         section
         for section in ("gateway", "store", "http")
