@@ -29,6 +29,7 @@ from gateway.health import Monitor, Verdict, watch
 from gateway.intake import Intake
 from gateway.metrics import MetricsServer
 from gateway.model import Reading, Record
+from gateway.pipeline.metering import Meters
 from gateway.pipeline.steps import compile_steps
 from gateway.presence import Presence
 from gateway.router import Router, Target
@@ -55,6 +56,8 @@ class Pipeline:
     config: PipelineConfig
     subject: Subject[Record]
     subscription: reactivex.abc.DisposableBase
+    push: Callable[[Reading], None]
+    """``subject.on_next``, timed for the metrics."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -118,6 +121,7 @@ class Gateway:
     def __post_init__(self) -> None:
         self.store = Store(self.config.store, self.counters)
         self.ids = MessageIds()
+        self.meters = Meters()
         self.sources: dict[str, Source] = {}
         self.forwarders: dict[str, Forwarder] = {}
         self.pipelines: dict[str, Pipeline] = {}
@@ -170,17 +174,17 @@ class Gateway:
         ]
         router = Router(config.gateway.id, p.id, self.store, targets, self.ids, p.forward)
         subject: Subject[Record] = Subject()
-        operator = compile_steps(p.id, p.steps, self._scheduler, self.counters)
+        operator = compile_steps(p.id, p.steps, self._scheduler, self.counters, self.meters)
         subscription = subject.pipe(operator).subscribe(
             on_next=router, on_error=functools.partial(_pipeline_failed, p.id)
         )
-        return Pipeline(p, subject, subscription)
+        return Pipeline(p, subject, subscription, self.meters.timed(p.id, subject.on_next))
 
     def _routes(self) -> dict[str, list[Callable[[Reading], None]]]:
         routes: dict[str, list[Callable[[Reading], None]]] = {}
         for pipeline in self.pipelines.values():
             for source_id in pipeline.config.from_:
-                routes.setdefault(source_id, []).append(pipeline.subject.on_next)
+                routes.setdefault(source_id, []).append(pipeline.push)
         return routes
 
     def _start(self, name: str, factory: Callable[[], Awaitable[None]]) -> None:
@@ -229,6 +233,7 @@ class Gateway:
                 self.counters,
                 self.monitor,
                 self.store,
+                self.meters,
                 [s.id for s in self.config.sources],
                 str(self.config.store.path),
             )

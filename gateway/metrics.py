@@ -17,13 +17,19 @@ from typing import Any
 import orjson
 from aiohttp import web
 from prometheus_client import CollectorRegistry, ProcessCollector, generate_latest
-from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
+from prometheus_client.core import (
+    CounterMetricFamily,
+    GaugeMetricFamily,
+    Metric,
+    SummaryMetricFamily,
+)
 from prometheus_client.registry import Collector
 from pydantic import Field
 
 from gateway.config.types import StrictModel
 from gateway.counters import Counters
 from gateway.health import Monitor, StoreView
+from gateway.pipeline.metering import Meters
 from gateway.sinks.resilience import BreakerState
 
 log = logging.getLogger("gateway.metrics")
@@ -39,7 +45,7 @@ STORE_COUNTERS = (
     "lost_on_close",
 )
 SINK_COUNTERS = ("published", "acked", "failures")
-STEP_EVENTS = ("in", "out", "error", "late", "duplicate", "future_ts")
+STEP_EVENTS = ("error", "late", "duplicate", "future_ts")
 
 
 class HttpConfig(StrictModel):
@@ -64,9 +70,15 @@ class GatewayCollector(Collector):
     """Turns counters, the health verdict and store facts into metric families."""
 
     def __init__(
-        self, counters: Counters, monitor: Monitor, sources: list[str], store_path: str
+        self,
+        counters: Counters,
+        monitor: Monitor,
+        meters: Meters,
+        sources: list[str],
+        store_path: str,
     ) -> None:
         self._counters = counters
+        self._meters = meters
         self._monitor = monitor
         self.sources = sources
         self._store_path = store_path
@@ -118,6 +130,24 @@ class GatewayCollector(Collector):
         for pipeline, n in late_per_pipeline.items():
             late.add_metric([pipeline], n)
         yield from (received, decoded, malformed, steps, late, store, sink)
+
+        records = CounterMetricFamily(
+            "edge_gateway_step_records",
+            "records into (in) and out of (out) each pipeline step",
+            labels=["pipeline", "step", "direction"],
+        )
+        for (pipeline, step), c in list(self._meters.steps.items()):
+            records.add_metric([pipeline, step, "in"], self._meters.received(pipeline, step))
+            records.add_metric([pipeline, step, "out"], c.emitted)
+        yield records
+        processing = SummaryMetricFamily(
+            "edge_gateway_pipeline_processing_seconds",
+            "time spent pushing readings through each pipeline",
+            labels=["pipeline"],
+        )
+        for pipeline, t in list(self._meters.pipelines.items()):
+            processing.add_metric([pipeline], t.count, t.seconds)
+        yield processing
 
         alerts = CounterMetricFamily(
             "edge_gateway_alerts_raised", "alerts raised", labels=["pipeline", "severity"]
@@ -185,13 +215,14 @@ class MetricsServer:
         counters: Counters,
         monitor: Monitor,
         store: StoreView,
+        meters: Meters,
         sources: list[str],
         store_path: str,
     ) -> None:
         self.config = config
         self._monitor = monitor
         self._store = store
-        self.collector = GatewayCollector(counters, monitor, sources, store_path)
+        self.collector = GatewayCollector(counters, monitor, meters, sources, store_path)
         self.registry = CollectorRegistry(auto_describe=False)
         self.registry.register(self.collector)
         ProcessCollector(namespace="edge_gateway", registry=self.registry)

@@ -179,6 +179,17 @@ def test_metrics_health_and_readiness_endpoints(
         assert (
             sample(text, "edge_gateway_alerts_raised_total", pipeline="stats", severity="info") >= 1
         )
+        step = {"pipeline": "stats", "step": "0:window"}
+        assert sample(text, "edge_gateway_step_records_total", **step, direction="in") == 400
+        windows_out = sample(text, "edge_gateway_step_records_total", **step, direction="out")
+        assert windows_out >= 1
+        threshold = {"pipeline": "stats", "step": "1:threshold"}
+        assert sample(text, "edge_gateway_step_records_total", **threshold, direction="in") == (
+            windows_out
+        )
+        assert (
+            sample(text, "edge_gateway_pipeline_processing_seconds_count", pipeline="stats") == 400
+        )
         assert "edge_gateway_event_loop_lag_seconds" in text
         assert "edge_gateway_outbox_oldest_age_seconds" in text
 
