@@ -7,7 +7,6 @@ import logging
 import os
 import sys
 
-
 from gateway.logs import JsonFormatter, RepeatFilter, under_journald
 
 
