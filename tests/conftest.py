@@ -62,7 +62,9 @@ class Broker:
             "max_queued_messages 100000\n"
             "max_inflight_messages 100\n"
             "log_dest stderr\n"
-            "log_type error\n"
+            "log_type error\n" + ("user root\n" if os.geteuid() == 0 else "")
+            # As root, mosquitto drops to its own user, which cannot write the persistence
+            # file into the test's private directory: the session would be lost on restart.
         )
         log = open(self.workdir / f"mosquitto-{self.port}.log", "ab")  # noqa: SIM115
         self.proc = subprocess.Popen([MOSQUITTO, "-c", str(conf)], stdout=log, stderr=log)

@@ -70,7 +70,10 @@ class MqttBroker(StrictModel):
             return data
         if data.get("password") is not None:
             raise ValueError("give either password or password_file, not both")
-        return {**data, "password": read_secret(Path(str(data["password_file"])))}
+        path = str(data["password_file"])
+        if "${" in path:
+            return data  # an unset variable, already reported by the loader
+        return {**data, "password": read_secret(Path(path))}
 
 
 def read_secret(path: Path) -> str:
