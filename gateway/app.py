@@ -323,6 +323,8 @@ class Gateway:
             self.notifier.reloading()
             try:
                 await self._reload_from_file()
+            except Exception:  # documented boundary: a failed reload must not stop the daemon
+                log.exception("reload failed; the gateway goes on with what is running")
             finally:
                 self.notifier.ready(
                     f"running: {len(self.sources)} sources, {len(self.pipelines)} pipelines"
@@ -359,7 +361,26 @@ class Gateway:
                 update={"gateway": old.gateway, "store": old.store, "http": old.http}
             )
         assert self._intake is not None
-        # 1. Sinks first, so rebuilt pipelines never route to a forwarder that is gone.
+        # 1. Build the new pipelines before touching anything: if one cannot be built, the
+        #    running config stays whole.
+        try:
+            built = {
+                p.id: self._pipeline(new, p) for p in new.pipelines if p.id in changes.pipelines
+            }
+        except Exception as exc:  # a step that validates but cannot be built (a bug or a clash)
+            log.error("reload: cannot build the new pipelines (%s); still running the old one", exc)
+            return Changes((), (), (), ())
+        # 2. Swap the routes and complete the retired pipelines (their open windows are
+        #    flushed into the store and outbox), without yielding to the event loop, so no
+        #    reading falls between the old and the new pipeline.
+        retired = [self.pipelines.pop(p) for p in changes.pipelines if p in self.pipelines]
+        self.pipelines.update(built)
+        self._intake.routes = self._routes()
+        self._intake.set_limits(new.limits)
+        for pipeline in retired:
+            pipeline.subject.on_completed()
+            pipeline.subscription.dispose()
+        # 3. Sinks: replace the changed forwarders; their outbox rows wait in the store.
         await self._stop_tasks(
             [f"{kind}:{s}" for s in changes.sinks for kind in ("sink", "status")]
         )
@@ -369,25 +390,13 @@ class Gateway:
         for sink in new.sinks:
             if sink.id in changes.sinks:
                 self._start_sink(self._forwarder(sink), sink)
-        removed_sinks = [s for s in changes.sinks if s not in {k.id for k in new.sinks}]
-        for sink_id in removed_sinks:
+        for sink_id in (s for s in changes.sinks if s not in {k.id for k in new.sinks}):
             log.warning(
                 "reload: sink %s removed; %d messages stay in its outbox",
                 sink_id,
                 await self.store.outbox_depth(sink_id),
             )
-        # 2. Pipelines: build the new ones, swap the routes, then complete the old ones (their
-        #    open windows are flushed), all without yielding to the event loop.
-        retired = [self.pipelines.pop(p) for p in changes.pipelines if p in self.pipelines]
-        for p in new.pipelines:
-            if p.id in changes.pipelines:
-                self.pipelines[p.id] = self._pipeline(new, p)
-        self._intake.routes = self._routes()
-        self._intake.set_limits(new.limits)
-        for pipeline in retired:
-            pipeline.subject.on_completed()
-            pipeline.subscription.dispose()
-        # 3. Sources: restart only the changed ones.
+        # 4. Sources: restart only the changed ones.
         await self._stop_tasks([f"source:{s}" for s in changes.sources])
         for source_id in changes.sources:
             self.sources.pop(source_id, None)

@@ -284,7 +284,14 @@ def test_ten_reloads_under_load_lose_no_reading(
         # An invalid file is refused; the running config stays.
         gw.config_path.write_text("sources: []\n")
         os.kill(gw.proc.pid, signal.SIGHUP)
-        gw.wait_log("still running the old one")
+        gw.wait_log("the new config is invalid; still running the old one")
+        # A pipeline that validates but cannot be built (two steps with one id): refused too.
+        clash = stats_pipeline(lateness=LATENESS)
+        clash["steps"] = [{"filter": "value > 0", "id": "x"}, {"filter": "value > 1", "id": "x"}]
+        config["pipelines"] = [clash]
+        gw.config_path.write_text(yaml.safe_dump(config, sort_keys=False))
+        os.kill(gw.proc.pid, signal.SIGHUP)
+        gw.wait_log("cannot build the new pipelines")
         fleet.join(60)
         assert not fleet.is_alive()
         assert sent[0].sent == 6000
