@@ -136,7 +136,11 @@ class Gateway:
             self.store,
             self._breakers,
             self.counters,
-            stall_after=self.config.gateway.stall_after,
+            # A sink backing off between two attempts is not stalled: allow two full delays.
+            stall_after=max(
+                [self.config.gateway.stall_after]
+                + [2 * s.broker.reconnect.max for s in self.config.sinks]
+            ),
         )
 
     # ------------------------------------------------------------------ building parts
