@@ -1,4 +1,12 @@
-"""Composition root: build every part from a Config, run them in one TaskGroup, stop cleanly."""
+"""Composition root: build every part from a Config, run them in one TaskGroup, reload on
+demand, stop cleanly.
+
+Reload (SIGHUP) swaps only what changed: the store and its outbox stay, unchanged sources
+keep their connections, unchanged pipelines keep their open windows. A changed or removed
+pipeline is completed first, so its open windows are flushed (emitted as they are) into the
+store and outbox; the new pipeline starts with empty windows. The swap of the routes happens
+synchronously on the event loop, so no reading can fall between the old and the new pipeline.
+"""
 
 from __future__ import annotations
 
@@ -15,51 +23,138 @@ from reactivex.scheduler.eventloop import AsyncIOScheduler
 from reactivex.subject import Subject
 
 from gateway import status
-from gateway.config.model import Config
+from gateway.config.model import Config, PipelineConfig
 from gateway.counters import Counters
+from gateway.health import Monitor, Verdict, watch
 from gateway.intake import Intake
+from gateway.metrics import MetricsServer
 from gateway.model import Reading, Record
+from gateway.pipeline.metering import Meters
 from gateway.pipeline.steps import compile_steps
+from gateway.presence import Presence
 from gateway.router import Router, Target
 from gateway.sinks.forwarder import Forwarder
 from gateway.sinks.mqtt import MqttPublisher, MqttSinkConfig
 from gateway.sinks.payloads import MessageIds
-from gateway.sinks.resilience import Backoff
+from gateway.sinks.resilience import Backoff, BreakerState
 from gateway.sources.base import Source
 from gateway.sources.mqtt import MqttSource
 from gateway.sources.serial import SerialSource
 from gateway.store.store import Store
+from gateway.systemd import Notifier, watchdog_interval
 
 log = logging.getLogger("gateway.app")
+
+CHECK_INTERVAL = 5.0
+"""Seconds between health checks when systemd asks for no watchdog."""
 
 
 @dataclass
 class Pipeline:
-    """A running pipeline: the subject sources push into, and its subscription."""
+    """A running pipeline: its config, the subject sources push into, and its subscription."""
 
-    id: str
+    config: PipelineConfig
     subject: Subject[Record]
     subscription: reactivex.abc.DisposableBase
+    push: Callable[[Reading], None]
+    """``subject.on_next``, timed for the metrics."""
+
+
+@dataclass(frozen=True, slots=True)
+class Changes:
+    """What a reload changed, by id."""
+
+    sources: tuple[str, ...]
+    pipelines: tuple[str, ...]
+    sinks: tuple[str, ...]
+    needs_restart: tuple[str, ...]
+
+    def describe(self) -> str:
+        parts = [
+            f"{what} {', '.join(ids)}"
+            for what, ids in (
+                ("sources", self.sources),
+                ("pipelines", self.pipelines),
+                ("sinks", self.sinks),
+            )
+            if ids
+        ]
+        return "; ".join(parts) or "nothing changed"
+
+
+def diff(old: Config, new: Config) -> Changes:
+    """Ids of sources, pipelines and sinks that were added, removed or changed.
+
+    A pipeline also counts as changed when the topics or QoS of a sink it forwards to changed.
+    """
+
+    def changed(a: dict[str, object], b: dict[str, object]) -> set[str]:
+        return {k for k in a.keys() | b.keys() if a.get(k) != b.get(k)}
+
+    sinks = changed({s.id: s for s in old.sinks}, {s.id: s for s in new.sinks})
+    sources = changed({s.id: s for s in old.sources}, {s.id: s for s in new.sources})
+    pipelines = changed({p.id: p for p in old.pipelines}, {p.id: p for p in new.pipelines})
+    # What a pipeline's router needs from a sink: its topics and QoS (not its connection).
+    targets = changed(
+        {s.id: (s.topics, s.qos) for s in old.sinks}, {s.id: (s.topics, s.qos) for s in new.sinks}
+    )
+    pipelines |= {p.id for p in new.pipelines if targets & set(p.to)}
+    restart = tuple(
+        section
+        for section in ("gateway", "store", "http")
+        if getattr(old, section) != getattr(new, section)
+    )
+    return Changes(tuple(sorted(sources)), tuple(sorted(pipelines)), tuple(sorted(sinks)), restart)
 
 
 @dataclass
 class Gateway:
-    """Everything built from one Config; ``run`` owns the tasks."""
+    """Everything built from one Config; ``run`` owns the tasks, ``reload`` swaps parts."""
 
     config: Config
     counters: Counters = field(default_factory=Counters)
     ready: asyncio.Event = field(default_factory=asyncio.Event)
+    notifier: Notifier = field(default_factory=Notifier.from_environment)
+    load_config: Callable[[], Config] | None = None
+    """Reads the config file again on reload; None: reload is not possible."""
 
     def __post_init__(self) -> None:
         self.store = Store(self.config.store, self.counters)
-        self.sources: list[Source] = []
-        for src in self.config.sources:
-            if src.type == "mqtt":
-                self.sources.append(MqttSource(src, self.config.gateway.id))
-            else:
-                self.sources.append(SerialSource(src))
-        self.forwarders: list[Forwarder] = [self._forwarder(s) for s in self.config.sinks]
-        self.pipelines: list[Pipeline] = []
+        self.ids = MessageIds()
+        self.meters = Meters()
+        self.sources: dict[str, Source] = {}
+        self.forwarders: dict[str, Forwarder] = {}
+        self.pipelines: dict[str, Pipeline] = {}
+        self.reloads = 0
+        self._tasks: dict[str, asyncio.Task[None]] = {}
+        self._tg: asyncio.TaskGroup | None = None
+        self._intake: Intake | None = None
+        self._scheduler: AsyncIOScheduler | None = None
+        self._reload_requested = asyncio.Event()
+        self._reloaded = asyncio.Condition()
+        self.monitor = Monitor(
+            self.store,
+            self._breakers,
+            self.counters,
+            # A sink backing off between two attempts is not stalled: allow two full delays.
+            stall_after=max(
+                [self.config.gateway.stall_after]
+                + [2 * s.broker.reconnect.max for s in self.config.sinks]
+            ),
+        )
+
+    # ------------------------------------------------------------------ building parts
+
+    def _breakers(self) -> dict[str, tuple[BreakerState, int]]:
+        return {
+            k: (f.breaker.state, f.breaker.consecutive_failures) for k, f in self.forwarders.items()
+        }
+
+    def _source(self, config: Config, source_id: str) -> Source:
+        src = next(s for s in config.sources if s.id == source_id)
+        if src.type == "mqtt":
+            return MqttSource(src, config.gateway.id)
+        return SerialSource(src)
 
     def _forwarder(self, sink: MqttSinkConfig) -> Forwarder:
         client_id = sink.broker.client_id or f"{self.config.gateway.id}-{sink.id}"
@@ -74,53 +169,107 @@ class Gateway:
             breaker_cooldown=sink.breaker.cooldown,
         )
 
-    def _build_pipelines(self) -> dict[str, list[Callable[[Reading], None]]]:
-        scheduler = AsyncIOScheduler(asyncio.get_running_loop())
-        sinks = {s.id: s for s in self.config.sinks}
-        ids = MessageIds()
+    def _pipeline(self, config: Config, p: PipelineConfig) -> Pipeline:
+        assert self._scheduler is not None
+        sinks = {s.id: s for s in config.sinks}
+        targets = [
+            Target(s.id, s.topics.reading, s.topics.aggregate, s.topics.alert, s.qos)
+            for s in (sinks[name] for name in p.to)
+        ]
+        router = Router(config.gateway.id, p.id, self.store, targets, self.ids, p.forward)
+        subject: Subject[Record] = Subject()
+        operator = compile_steps(p.id, p.steps, self._scheduler, self.counters, self.meters)
+        subscription = subject.pipe(operator).subscribe(
+            on_next=router, on_error=functools.partial(_pipeline_failed, p.id)
+        )
+        return Pipeline(p, subject, subscription, self.meters.timed(p.id, subject.on_next))
+
+    def _routes(self) -> dict[str, list[Callable[[Reading], None]]]:
         routes: dict[str, list[Callable[[Reading], None]]] = {}
-        for p in self.config.pipelines:
-            targets = [
-                Target(s.id, s.topics.reading, s.topics.aggregate, s.topics.alert, s.qos)
-                for s in (sinks[name] for name in p.to)
-            ]
-            router = Router(self.config.gateway.id, p.id, self.store, targets, ids, p.forward)
-            subject: Subject[Record] = Subject()
-            operator = compile_steps(p.id, p.steps, scheduler, self.counters)
-            subscription = subject.pipe(operator).subscribe(
-                on_next=router, on_error=functools.partial(_pipeline_failed, p.id)
-            )
-            self.pipelines.append(Pipeline(p.id, subject, subscription))
-            for source_id in p.from_:
-                routes.setdefault(source_id, []).append(subject.on_next)
+        for pipeline in self.pipelines.values():
+            for source_id in pipeline.config.from_:
+                routes.setdefault(source_id, []).append(pipeline.push)
         return routes
+
+    def _start(self, name: str, factory: Callable[[], Awaitable[None]]) -> None:
+        assert self._tg is not None
+        self._tasks[name] = self._tg.create_task(_supervised(name, factory), name=name)
+
+    def _start_source(self, source: Source) -> None:
+        assert self._intake is not None
+        self.sources[source.id] = source
+        self._start(f"source:{source.id}", functools.partial(source.run, self._intake))
+
+    def _start_sink(self, forwarder: Forwarder, sink: MqttSinkConfig) -> None:
+        self.forwarders[forwarder.sink_id] = forwarder
+        self._start(f"sink:{forwarder.sink_id}", forwarder.run)
+        template = self.config.gateway.status_topic
+        if template is not None:
+            client_id = sink.broker.client_id or f"{self.config.gateway.id}-{sink.id}"
+            presence = Presence(
+                self.config.gateway.id, sink.id, sink.broker, f"{client_id}-status", template
+            )
+            self._start(f"status:{sink.id}", presence.run)
+
+    async def _stop_tasks(self, names: list[str]) -> None:
+        await _cancel([t for n in names if (t := self._tasks.pop(n, None)) is not None])
+
+    # ------------------------------------------------------------------ running
+
+    def request_reload(self) -> None:
+        """Ask for a reload (a signal handler calls this); it runs as soon as possible."""
+        self._reload_requested.set()
 
     async def run(self, stop: asyncio.Event) -> None:
         """Run until ``stop`` is set, then drain and return."""
         await self.store.open()
-        intake = Intake(self.store, self._build_pipelines(), self.counters, time.time)
+        self._scheduler = AsyncIOScheduler(asyncio.get_running_loop())
+        for p in self.config.pipelines:
+            self.pipelines[p.id] = self._pipeline(self.config, p)
+        self._intake = Intake(
+            self.store, self._routes(), self.counters, time.time, limits=self.config.limits
+        )
+        wd = watchdog_interval()
+        http = self.config.http
+        server = (
+            MetricsServer(
+                http,
+                self.counters,
+                self.monitor,
+                self.store,
+                self.meters,
+                [s.id for s in self.config.sources],
+                str(self.config.store.path),
+            )
+            if http.enabled
+            else None
+        )
         async with asyncio.TaskGroup() as tg:
+            self._tg = tg
             store_task = tg.create_task(self.store.run(), name="store")
-            source_tasks = [
-                tg.create_task(
-                    _supervised(f"source:{s.id}", functools.partial(s.run, intake)),
-                    name=f"source:{s.id}",
-                )
-                for s in self.sources
-            ]
-            sink_tasks = [
-                tg.create_task(_supervised(f"sink:{f.sink_id}", f.run), name=f"sink:{f.sink_id}")
-                for f in self.forwarders
-            ]
+            for s in self.config.sources:
+                self._start_source(self._source(self.config, s.id))
+            for sink in self.config.sinks:
+                self._start_sink(self._forwarder(sink), sink)
             status_task = tg.create_task(
                 status.report(
-                    self.counters,
-                    self.store,
-                    [f.sink_id for f in self.forwarders],
-                    self.config.gateway.status_interval,
+                    self.counters, self.store, self.forwarders, self.config.gateway.status_interval
                 ),
                 name="status",
             )
+            health_task = tg.create_task(
+                watch(
+                    self.monitor,
+                    wd / 2 if wd else CHECK_INTERVAL,
+                    functools.partial(self._alive, wd is not None),
+                ),
+                name="health",
+            )
+            reload_task = tg.create_task(self._reloader(), name="reloader")
+            if server is not None:
+                await server.start()
+            await asyncio.sleep(0)  # let every source start connecting
+            await self.monitor.check()
             log.info(
                 "gateway %s running: %d sources, %d pipelines, %d sinks",
                 self.config.gateway.id,
@@ -128,15 +277,22 @@ class Gateway:
                 len(self.pipelines),
                 len(self.forwarders),
             )
+            self.notifier.ready(
+                f"running: {len(self.sources)} sources, {len(self.pipelines)} pipelines"
+            )
+            if wd is not None:
+                self.notifier.watchdog()
             self.ready.set()
             await stop.wait()
+            self.notifier.stopping()
             log.info("stopping: closing sources, flushing pipelines and store")
-            intake.open = False
-            await _cancel([status_task, *source_tasks])
-            for p in self.pipelines:
-                p.subject.on_completed()  # flushes open windows into the store and outbox
+            self._intake.open = False
+            await _cancel([reload_task, status_task, health_task])
+            await self._stop_tasks([n for n in self._tasks if n.startswith("source:")])
+            for running in self.pipelines.values():
+                running.subject.on_completed()  # flushes open windows into the store and outbox
             await self.store.flush()
-            for f in self.forwarders:
+            for f in self.forwarders.values():
                 timeout = next(s.drain_timeout for s in self.config.sinks if s.id == f.sink_id)
                 if not await f.drain(timeout):
                     log.warning(
@@ -144,13 +300,121 @@ class Gateway:
                         f.sink_id,
                         await self.store.outbox_depth(f.sink_id),
                     )
-            await _cancel(sink_tasks)
-            for f in self.forwarders:
+            await self._stop_tasks(list(self._tasks))
+            for f in self.forwarders.values():
                 await f.close()
-            depths = {f.sink_id: await self.store.outbox_depth(f.sink_id) for f in self.forwarders}
+            if server is not None:
+                await server.stop()
+            depths = {sink: await self.store.outbox_depth(sink) for sink in self.forwarders}
             await _cancel([store_task])
+        self._tg = None
         await self.store.close()
+        self.notifier.close()
         log.info("stopped; totals: %s", status.status_line(self.counters.snapshot(), depths))
+
+    def _alive(self, watchdog: bool, verdict: Verdict) -> None:
+        if watchdog:
+            self.notifier.watchdog()
+        depths = {sink: s.depth for sink, s in verdict.sinks.items()}
+        self.notifier.status(status.status_line(self.counters.snapshot(), depths))
+
+    # ------------------------------------------------------------------ reloading
+
+    async def _reloader(self) -> None:
+        while True:
+            await self._reload_requested.wait()
+            self._reload_requested.clear()
+            self.notifier.reloading()
+            try:
+                await self._reload_from_file()
+            except Exception:  # documented boundary: a failed reload must not stop the daemon
+                log.exception("reload failed; the gateway goes on with what is running")
+            finally:
+                self.notifier.ready(
+                    f"running: {len(self.sources)} sources, {len(self.pipelines)} pipelines"
+                )
+            async with self._reloaded:
+                self.reloads += 1
+                self._reloaded.notify_all()
+
+    async def _reload_from_file(self) -> None:
+        from gateway.errors import ConfigError
+
+        if self.load_config is None:
+            log.warning("reload: no config file to read; ignored")
+            return
+        try:
+            new = await asyncio.to_thread(self.load_config)
+        except ConfigError as exc:
+            log.error("reload: the new config is invalid; still running the old one:")
+            for problem in exc.problems:
+                log.error("reload: %s", problem)
+            return
+        await self.apply(new)
+
+    async def apply(self, new: Config) -> Changes:
+        """Swap to ``new``: only changed sources, pipelines and sinks are rebuilt."""
+        old = self.config
+        changes = diff(old, new)
+        if changes.needs_restart:
+            log.warning(
+                "reload: changes to %s take effect only after a restart; kept the running values",
+                ", ".join(changes.needs_restart),
+            )
+            new = new.model_copy(
+                update={"gateway": old.gateway, "store": old.store, "http": old.http}
+            )
+        assert self._intake is not None
+        # 1. Build the new pipelines before touching anything: if one cannot be built, the
+        #    running config stays whole.
+        try:
+            built = {
+                p.id: self._pipeline(new, p) for p in new.pipelines if p.id in changes.pipelines
+            }
+        except Exception as exc:  # a step that validates but cannot be built (a bug or a clash)
+            log.error("reload: cannot build the new pipelines (%s); still running the old one", exc)
+            return Changes((), (), (), ())
+        # 2. Swap the routes and complete the retired pipelines (their open windows are
+        #    flushed into the store and outbox), without yielding to the event loop, so no
+        #    reading falls between the old and the new pipeline.
+        retired = [self.pipelines.pop(p) for p in changes.pipelines if p in self.pipelines]
+        self.pipelines.update(built)
+        self._intake.routes = self._routes()
+        self._intake.set_limits(new.limits)
+        for pipeline in retired:
+            pipeline.subject.on_completed()
+            pipeline.subscription.dispose()
+        # 3. Sinks: replace the changed forwarders; their outbox rows wait in the store.
+        await self._stop_tasks(
+            [f"{kind}:{s}" for s in changes.sinks for kind in ("sink", "status")]
+        )
+        for sink_id in changes.sinks:
+            if (f := self.forwarders.pop(sink_id, None)) is not None:
+                await f.close()
+        for sink in new.sinks:
+            if sink.id in changes.sinks:
+                self._start_sink(self._forwarder(sink), sink)
+        for sink_id in (s for s in changes.sinks if s not in {k.id for k in new.sinks}):
+            log.warning(
+                "reload: sink %s removed; %d messages stay in its outbox",
+                sink_id,
+                await self.store.outbox_depth(sink_id),
+            )
+        # 4. Sources: restart only the changed ones.
+        await self._stop_tasks([f"source:{s}" for s in changes.sources])
+        for source_id in changes.sources:
+            self.sources.pop(source_id, None)
+        for s in new.sources:
+            if s.id in changes.sources:
+                self._start_source(self._source(new, s.id))
+        self.config = new
+        log.info("reloaded: %s", changes.describe())
+        return changes
+
+    async def wait_reloaded(self, count: int) -> None:
+        """Return once ``count`` reloads have finished (for tests and callers of reload)."""
+        async with self._reloaded:
+            await self._reloaded.wait_for(lambda: self.reloads >= count)
 
 
 def _pipeline_failed(pipeline: str, exc: Exception) -> None:

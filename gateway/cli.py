@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import functools
 import logging
 import signal
 import sys
@@ -15,8 +16,9 @@ from collections.abc import Sequence
 from gateway import __version__
 from gateway.config.loader import load
 from gateway.config.model import Config
+from gateway.config.redact import effective_yaml
 from gateway.errors import ConfigError
-from gateway.logs import setup
+from gateway.logs import LOG_FORMATS, setup
 
 EXIT_OK, EXIT_FAILURE, EXIT_CONFIG = 0, 1, 2
 
@@ -32,8 +34,17 @@ def _parser() -> argparse.ArgumentParser:
         choices=["debug", "info", "warning", "error"],
         help="overrides gateway.log_level",
     )
+    run.add_argument(
+        "--log-format",
+        choices=LOG_FORMATS,
+        default="text",
+        help="text (human-readable) or json (one object per line)",
+    )
     check = sub.add_parser("check", help="validate a config without touching devices or network")
     check.add_argument("-c", "--config", required=True, help="YAML config file")
+    check.add_argument(
+        "-q", "--quiet", action="store_true", help="print nothing when the config is valid"
+    )
     _replay_parser(sub)
     return parser
 
@@ -89,14 +100,16 @@ def summary(config: Config) -> str:
     return "\n".join(lines)
 
 
-async def _run(config: Config) -> None:
+async def _run(config: Config, path: str) -> None:
     from gateway.app import Gateway
 
     stop = asyncio.Event()
+    gateway = Gateway(config, load_config=functools.partial(load, path))
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
-    await Gateway(config).run(stop)
+    loop.add_signal_handler(signal.SIGHUP, gateway.request_reload)
+    await gateway.run(stop)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -107,8 +120,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         print("\n".join(exc.problems), file=sys.stderr)
         return EXIT_CONFIG
     if args.command == "check":
-        print("ok")
-        print(summary(config))
+        if not args.quiet:
+            print("ok")
+            print(summary(config))
+            print("\neffective config (defaults filled in, secrets redacted):")
+            print(effective_yaml(config), end="")
         return EXIT_OK
     if args.command == "replay":
         from gateway import replay
@@ -124,9 +140,9 @@ def main(argv: Sequence[str] | None = None) -> int:
             args.since,
             args.until,
         )
-    setup(args.log_level or config.gateway.log_level)
+    setup(args.log_level or config.gateway.log_level, args.log_format)
     try:
-        asyncio.run(_run(config))
+        asyncio.run(_run(config, args.config))
     except Exception:
         logging.getLogger("gateway").exception("fatal error")
         return EXIT_FAILURE

@@ -1,10 +1,23 @@
-"""Where sources deliver: store raw readings, feed pipelines, dead-letter bad input."""
+"""Where sources deliver: check input limits, store raw readings, feed pipelines, dead-letter
+bad input.
+
+Limits (``limits`` in the config): a message or line with more than
+``max_metrics_per_message`` readings is rejected whole (``too_many_metrics``); a device id
+that does not match ``device_pattern`` is rejected (``bad_device``); once ``max_devices``
+distinct ids were accepted, readings of further devices are rejected
+(``too_many_devices``), so a rogue publisher inventing ids cannot grow the pipelines' state.
+A known device costs one set lookup per reading; the pattern runs once per new device.
+"""
 
 from __future__ import annotations
 
 import logging
+import re
 from collections.abc import Callable, Mapping, Sequence
 
+import orjson
+
+from gateway.config.limits import LimitsConfig
 from gateway.counters import Counters
 from gateway.logs import RateLimitedLog
 from gateway.model import Reading
@@ -23,25 +36,80 @@ class Intake:
         counters: Counters,
         clock: Callable[[], float],
         warn_interval: float = 10.0,
+        limits: LimitsConfig | None = None,
     ) -> None:
         self._store = store
-        self._routes = routes
+        self.routes = routes
+        """Source id -> pipeline inputs; replaced as a whole on reload."""
         self._counters = counters
         self._clock = clock
         self._warn = RateLimitedLog(log, warn_interval)
         self.open = True
+        self._devices: set[str] = set()
+        self.set_limits(limits or LimitsConfig())
+
+    def set_limits(self, limits: LimitsConfig) -> None:
+        """Apply (new) limits; devices already accepted stay accepted."""
+        self._limits = limits
+        self._device_ok = re.compile(limits.device_pattern).match
 
     def accept(self, readings: list[Reading]) -> None:
         if not self.open or not readings:
             return
-        self._store.add_readings(readings)
         source = readings[0].source
+        self._counters.inc(source, "messages")
+        if len(readings) > self._limits.max_metrics_per_message:
+            self._refuse(
+                source,
+                "too_many_metrics",
+                f"{len(readings)} readings > {self._limits.max_metrics_per_message}",
+                readings,
+            )
+            return
+        devices = self._devices
+        for reading in readings:
+            if reading.device not in devices:  # rare: only readings of a new device get here
+                readings = [r for r in readings if r.device in devices or self._admit(r)]
+                if not readings:
+                    return
+                break
+        self._store.add_readings(readings)
         self._counters.inc(source, "readings", len(readings))
-        for push in self._routes.get(source, ()):
+        for push in self.routes.get(source, ()):
             for reading in readings:
                 push(reading)
 
+    def _admit(self, reading: Reading) -> bool:
+        """A device seen for the first time: check its id and the cardinality cap."""
+        device = reading.device
+        if not self._device_ok(device):
+            self._refuse(
+                reading.source,
+                "bad_device",
+                f"device id {device[:64]!r} does not match {self._limits.device_pattern}",
+                [reading],
+            )
+            return False
+        if len(self._devices) >= self._limits.max_devices:
+            self._refuse(
+                reading.source,
+                "too_many_devices",
+                f"device {device!r} is beyond max_devices={self._limits.max_devices}",
+                [reading],
+            )
+            return False
+        self._devices.add(device)
+        return True
+
+    def _refuse(self, source: str, reason: str, detail: str, readings: list[Reading]) -> None:
+        raw = orjson.dumps([[r.device, r.metric, r.value, r.ts] for r in readings[:100]])
+        self._dead_letter(source, reason, detail, raw)
+
     def reject(self, source: str, reason: str, detail: str, raw: bytes) -> None:
+        self._counters.inc(source, "messages")
+        self._dead_letter(source, reason, detail, raw)
+
+    def _dead_letter(self, source: str, reason: str, detail: str, raw: bytes) -> None:
         self._counters.inc(source, f"rejected_{reason}")
         self._store.add_dead_letter(source, reason, detail, raw, self._clock())
         self._warn.warning(

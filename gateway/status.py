@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 
 from gateway.counters import Counters
 from gateway.store.store import Store
@@ -30,9 +30,10 @@ def status_line(counts: Mapping[tuple[str, str], int], outbox: Mapping[str, int]
     return "; ".join(parts) or "idle"
 
 
-async def report(counters: Counters, store: Store, sinks: list[str], interval: float) -> None:
-    """Log the status line every ``interval`` seconds, until cancelled."""
+async def report(counters: Counters, store: Store, sinks: Iterable[str], interval: float) -> None:
+    """Log the status line every ``interval`` seconds, until cancelled; ``sinks`` is read
+    each time (it changes on reload)."""
     while True:
         await asyncio.sleep(interval)
-        depths = {sink: await store.outbox_depth(sink) for sink in sinks}
+        depths = {sink: await store.outbox_depth(sink) for sink in list(sinks)}
         log.info("status: %s", status_line(counters.snapshot(), depths))

@@ -13,6 +13,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import pytest
+from hypothesis import settings
+
+# No per-example deadline: on a loaded 2-core machine one slow example is not a bug, and
+# tests must not assert timings.
+settings.register_profile("edge-gateway", deadline=None)
+settings.load_profile("edge-gateway")
 
 MOSQUITTO = shutil.which("mosquitto") or "/usr/sbin/mosquitto"
 
@@ -62,7 +68,9 @@ class Broker:
             "max_queued_messages 100000\n"
             "max_inflight_messages 100\n"
             "log_dest stderr\n"
-            "log_type error\n"
+            "log_type error\n" + ("user root\n" if os.geteuid() == 0 else "")
+            # As root, mosquitto drops to its own user, which cannot write the persistence
+            # file into the test's private directory: the session would be lost on restart.
         )
         log = open(self.workdir / f"mosquitto-{self.port}.log", "ab")  # noqa: SIM115
         self.proc = subprocess.Popen([MOSQUITTO, "-c", str(conf)], stdout=log, stderr=log)

@@ -6,9 +6,12 @@ from typing import Annotated, Literal
 
 from pydantic import Field
 
+from gateway.config.limits import LimitsConfig
 from gateway.config.types import Duration, StrictModel
+from gateway.metrics import HttpConfig
 from gateway.pipeline.steps import Step
 from gateway.sinks.mqtt import MqttSinkConfig
+from gateway.sinks.topics import TopicTemplate
 from gateway.sources.mqtt import MqttSourceConfig
 from gateway.sources.serial import SerialSourceConfig
 from gateway.store.config import StoreConfig
@@ -25,6 +28,13 @@ class GatewaySection(StrictModel):
     id: str = Field("edge-gateway", pattern=ID_PATTERN)
     log_level: Literal["debug", "info", "warning", "error"] = "info"
     status_interval: Duration = Field(60.0, gt=0, description="how often a status line is logged")
+    status_topic: TopicTemplate | None = Field(
+        "site/{gateway}/status",
+        description="retained online/offline status with a last will on every sink; null: off",
+    )
+    stall_after: Duration = Field(
+        120.0, gt=0, description="no progress for this long stops the systemd watchdog pings"
+    )
 
 
 class PipelineConfig(StrictModel):
@@ -48,6 +58,8 @@ class Config(StrictModel):
     sources: list[SourceConfig] = Field(min_length=1)
     pipelines: list[PipelineConfig] = []
     sinks: list[SinkConfig] = []
+    limits: LimitsConfig = LimitsConfig()
+    http: HttpConfig = HttpConfig()
 
 
 def cross_references(config: Config) -> list[tuple[tuple[str | int, ...], str]]:

@@ -47,6 +47,7 @@ from gateway.pipeline.detector_steps import (
     ZScoreStep,
 )
 from gateway.pipeline.expressions import Expression
+from gateway.pipeline.metering import Meters
 from gateway.pipeline.step_base import (
     Name,
     PositiveDuration,
@@ -315,19 +316,27 @@ def compile_steps(
     steps: Sequence[StepModel],
     scheduler: abc.SchedulerBase,
     counters: Counters,
+    meters: Meters | None = None,
 ) -> Operator:
     """Build every step and chain them; no steps forward records unchanged.
+
+    With ``meters``, each step's records in and out are counted.
 
     Step ids are the explicit ``id`` or ``"{index}:{op}"``; they must be unique in a pipeline.
     """
     built: list[Operator] = []
     seen: set[str] = set()
+    if meters is not None:
+        meters.begin(pipeline_id)
     for index, step in enumerate(steps):
         step_id = step.id or f"{index}:{step.OP}"
         if step_id in seen:
             raise ValueError(f"pipeline {pipeline_id!r}: duplicate step id {step_id!r}")
         seen.add(step_id)
-        built.append(step.build(StepContext(pipeline_id, step_id, scheduler, counters)))
+        operator = step.build(StepContext(pipeline_id, step_id, scheduler, counters))
+        built.append(
+            operator if meters is None else meters.wrap_step(pipeline_id, step_id, operator)
+        )
 
     def pipeline(source: Observable[Record]) -> Observable[Record]:
         for operator in built:

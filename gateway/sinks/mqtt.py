@@ -10,7 +10,7 @@ from typing import Literal
 import aiomqtt
 from pydantic import Field
 
-from gateway.config.mqtt import MqttBroker
+from gateway.config.mqtt import MqttBroker, tls_context
 from gateway.config.types import Duration, StrictModel
 from gateway.errors import SinkError
 from gateway.sinks.topics import TopicTemplate
@@ -67,6 +67,7 @@ class MqttPublisher:
             username=b.username,
             password=b.password,
             keepalive=b.keepalive,
+            tls_context=tls_context(b),
             timeout=self._config.ack_timeout,
             max_inflight_messages=100,
         )

@@ -11,7 +11,7 @@ from typing import Literal
 import aiomqtt
 from pydantic import Field, field_validator
 
-from gateway.config.mqtt import MqttBroker
+from gateway.config.mqtt import MqttBroker, tls_context
 from gateway.config.types import StrictModel
 from gateway.sinks.resilience import Backoff
 from gateway.sources.base import Decoding, Intake
@@ -128,6 +128,7 @@ class MqttSource:
                     username=cfg.broker.username,
                     password=cfg.broker.password,
                     keepalive=cfg.broker.keepalive,
+                    tls_context=tls_context(cfg.broker),
                 ) as client:
                     for pattern in self.patterns:
                         await client.subscribe(pattern.filter, qos=cfg.qos)

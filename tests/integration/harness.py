@@ -24,8 +24,9 @@ RUNNING: list[GatewayProcess] = []
 class GatewayProcess:
     """``edge-gateway run -c CONFIG`` in a child process, stopped with SIGTERM."""
 
-    def __init__(self, workdir: Path, config: dict[str, Any]) -> None:
+    def __init__(self, workdir: Path, config: dict[str, Any], args: tuple[str, ...] = ()) -> None:
         self.workdir = workdir
+        self.args = args
         self.config_path = workdir / "gateway.yaml"
         self.config_path.write_text(yaml.safe_dump(config, sort_keys=False))
         self.db_path = Path(config["store"]["path"])
@@ -35,7 +36,7 @@ class GatewayProcess:
     def start(self) -> None:
         log = open(self.log_path, "ab")  # noqa: SIM115
         self.proc = subprocess.Popen(
-            [sys.executable, "-m", "gateway.cli", "run", "-c", str(self.config_path)],
+            [sys.executable, "-m", "gateway.cli", "run", "-c", str(self.config_path), *self.args],
             stdout=log,
             stderr=subprocess.STDOUT,
             cwd=self.workdir,
@@ -122,6 +123,8 @@ class Collector:
     def _on_message(self, _c: mqtt.Client, _u: Any, msg: mqtt.MQTTMessage) -> None:
         doc = json.loads(msg.payload)
         doc["_topic"] = msg.topic
+        if "id" not in doc:  # the gateway's retained online/offline status, not a record
+            return
         with self._cond:
             self.received += 1
             self.messages[doc["id"]] = doc
@@ -155,6 +158,7 @@ def gateway_config(
     return {
         "gateway": {"id": "gw-test", "log_level": "info"},
         "store": {"path": str(workdir / "gateway.db")},
+        "http": {"port": 0},
         "sources": sources,
         "pipelines": pipelines,
         "sinks": [

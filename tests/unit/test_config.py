@@ -38,8 +38,11 @@ def problems(text: str, env: dict[str, str] | None = None) -> list[str]:
 
 
 @pytest.mark.parametrize("name", ["gateway.example.yaml", "demo.yaml"])
-def test_shipped_configs_are_valid(name: str) -> None:
-    config = load(ROOT / "config" / name, env={})
+def test_shipped_configs_are_valid(name: str, tmp_path: Path) -> None:
+    # The example reads its passwords from systemd credentials (LoadCredential=).
+    for secret in ("secrets_fleet-password", "secrets_upstream-password"):
+        (tmp_path / secret).write_text("pw\n")
+    config = load(ROOT / "config" / name, env={"CREDENTIALS_DIRECTORY": str(tmp_path)})
     assert config.sources
     assert config.pipelines
     assert config.sinks

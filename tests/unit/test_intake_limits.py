@@ -1,0 +1,95 @@
+"""Input limits at intake: metrics per message, device id pattern, device cardinality cap.
+A real store on a real file; every refusal is counted and dead-lettered."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+import pytest
+
+from gateway.config.limits import LimitsConfig
+from gateway.counters import Counters
+from gateway.intake import Intake
+from gateway.model import Reading
+from gateway.store.config import StoreConfig
+from gateway.store.store import Store
+
+
+@pytest.fixture
+async def store(tmp_path: Path) -> AsyncIterator[Store]:
+    async with Store(StoreConfig(path=tmp_path / "gw.db"), Counters()) as s:
+        yield s
+
+
+def r(device: str, metric: str = "t", value: float = 1.0) -> Reading:
+    return Reading("fleet", device, metric, value, 1_700_000_000.0)
+
+
+async def test_device_cardinality_cap_rejects_new_devices_keeps_known_ones(store: Store) -> None:
+    counters, seen = Counters(), []
+    intake = Intake(
+        store, {"fleet": [seen.append]}, counters, lambda: 0.0, limits=LimitsConfig(max_devices=3)
+    )
+    for i in range(1000):  # a rogue publisher inventing a device id per message
+        intake.accept([r(f"rogue-{i}")])
+    intake.accept([r("rogue-0", value=2.0)])  # an accepted device keeps flowing
+    intake.accept([r("rogue-1"), r("rogue-5000"), r("rogue-2")])  # mixed: only the new one goes
+    await store.flush()
+    assert [x.device for x in seen] == [
+        "rogue-0",
+        "rogue-1",
+        "rogue-2",
+        "rogue-0",
+        "rogue-1",
+        "rogue-2",
+    ]
+    assert counters.get("fleet", "rejected_too_many_devices") == 998
+    assert counters.get("fleet", "readings") == 6
+    assert counters.get("fleet", "messages") == 1002
+    [row] = await store.query("SELECT count(DISTINCT device) AS n FROM readings")
+    assert row["n"] == 3
+    dead = await store.query(
+        "SELECT reason, detail, raw FROM dead_letters WHERE reason = 'too_many_devices' LIMIT 1"
+    )
+    assert "max_devices=3" in dead[0]["detail"]
+    assert b"rogue-3" in dead[0]["raw"]
+
+
+async def test_too_many_metrics_in_one_message_is_rejected_whole(store: Store) -> None:
+    counters = Counters()
+    intake = Intake(
+        store, {}, counters, lambda: 0.0, limits=LimitsConfig(max_metrics_per_message=4)
+    )
+    intake.accept([r("p1", f"m{i}") for i in range(4)])
+    intake.accept([r("p1", f"m{i}") for i in range(5)])
+    await store.flush()
+    assert counters.get("fleet", "readings") == 4
+    assert counters.get("fleet", "rejected_too_many_metrics") == 1
+    [row] = await store.query("SELECT count(*) AS n FROM readings")
+    assert row["n"] == 4
+
+
+@pytest.mark.parametrize(
+    "device", ["../etc", "dev ice", "dev\x00ice", "-leading-dash", "a" * 129, "déjà", "$SYS"]
+)
+async def test_device_ids_outside_the_pattern_are_rejected(store: Store, device: str) -> None:
+    counters = Counters()
+    intake = Intake(store, {}, counters, lambda: 0.0)
+    intake.accept([r(device), r("pump-1")])
+    await store.flush()
+    assert counters.get("fleet", "rejected_bad_device") == 1
+    assert counters.get("fleet", "readings") == 1
+    [row] = await store.query("SELECT device FROM readings")
+    assert row["device"] == "pump-1"
+
+
+async def test_limits_apply_on_reload_and_known_devices_stay(store: Store) -> None:
+    counters = Counters()
+    intake = Intake(store, {}, counters, lambda: 0.0, limits=LimitsConfig(max_devices=2))
+    intake.accept([r("a")])
+    intake.accept([r("b")])
+    intake.set_limits(LimitsConfig(max_devices=1))
+    intake.accept([r("a"), r("b"), r("c")])
+    assert counters.get("fleet", "readings") == 4
+    assert counters.get("fleet", "rejected_too_many_devices") == 1
