@@ -29,6 +29,7 @@ from gateway.sources.base import Source
 from gateway.sources.mqtt import MqttSource
 from gateway.sources.serial import SerialSource
 from gateway.store.store import Store
+from gateway.web.live import LiveFeed
 
 log = logging.getLogger("gateway.app")
 
@@ -60,6 +61,7 @@ class Gateway:
                 self.sources.append(SerialSource(src))
         self.forwarders: list[Forwarder] = [self._forwarder(s) for s in self.config.sinks]
         self.pipelines: list[Pipeline] = []
+        self.live = LiveFeed() if self.config.web.enabled else None
 
     def _forwarder(self, sink: MqttSinkConfig) -> Forwarder:
         client_id = sink.broker.client_id or f"{self.config.gateway.id}-{sink.id}"
@@ -88,11 +90,15 @@ class Gateway:
             subject: Subject[Record] = Subject()
             operator = compile_steps(p.id, p.steps, scheduler, self.counters)
             subscription = subject.pipe(operator).subscribe(
-                on_next=router, on_error=functools.partial(_pipeline_failed, p.id)
+                on_next=router if self.live is None else self.live.observe(router),
+                on_error=functools.partial(_pipeline_failed, p.id),
             )
             self.pipelines.append(Pipeline(p.id, subject, subscription))
             for source_id in p.from_:
                 routes.setdefault(source_id, []).append(subject.on_next)
+        if self.live is not None:  # the web UI's latest-value tap: one dict store per reading
+            for src in self.config.sources:
+                routes.setdefault(src.id, []).append(self.live.tap)
         return routes
 
     async def run(self, stop: asyncio.Event) -> None:
@@ -128,11 +134,12 @@ class Gateway:
                 len(self.pipelines),
                 len(self.forwarders),
             )
+            web_tasks = [tg.create_task(self._web(), name="web")] if self.live else []
             self.ready.set()
             await stop.wait()
             log.info("stopping: closing sources, flushing pipelines and store")
             intake.open = False
-            await _cancel([status_task, *source_tasks])
+            await _cancel([status_task, *web_tasks, *source_tasks])
             for p in self.pipelines:
                 p.subject.on_completed()  # flushes open windows into the store and outbox
             await self.store.flush()
@@ -151,6 +158,12 @@ class Gateway:
             await _cancel([store_task])
         await self.store.close()
         log.info("stopped; totals: %s", status.status_line(self.counters.snapshot(), depths))
+
+    async def _web(self) -> None:
+        from gateway.web.server import run_web  # aiohttp is imported only when the UI is on
+
+        assert self.live is not None
+        await run_web(self.config, self.counters, self.live, self.forwarders)
 
 
 def _pipeline_failed(pipeline: str, exc: Exception) -> None:

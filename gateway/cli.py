@@ -1,4 +1,4 @@
-"""``edge-gateway run | check``: the command-line entry point and its exit codes.
+"""``edge-gateway run | check | query``: the command-line entry point and its exit codes.
 
 Exit codes: 0 ok, 2 invalid configuration, 1 unexpected failure.
 """
@@ -17,6 +17,7 @@ from gateway.config.loader import load
 from gateway.config.model import Config
 from gateway.errors import ConfigError
 from gateway.logs import setup
+from gateway.web import query_cli
 
 EXIT_OK, EXIT_FAILURE, EXIT_CONFIG = 0, 1, 2
 
@@ -34,6 +35,7 @@ def _parser() -> argparse.ArgumentParser:
     )
     check = sub.add_parser("check", help="validate a config without touching devices or network")
     check.add_argument("-c", "--config", required=True, help="YAML config file")
+    query_cli.add_parser(sub)
     return parser
 
 
@@ -78,6 +80,8 @@ async def _run(config: Config) -> None:
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = _parser().parse_args(argv)
+    if args.command == "query":
+        return query_cli.main(args)
     try:
         config = load(args.config)
     except ConfigError as exc:

@@ -12,6 +12,7 @@ from gateway.sinks.mqtt import MqttSinkConfig
 from gateway.sources.mqtt import MqttSourceConfig
 from gateway.sources.serial import SerialSourceConfig
 from gateway.store.config import StoreConfig
+from gateway.web.config import WebConfig
 
 SourceConfig = Annotated[MqttSourceConfig | SerialSourceConfig, Field(discriminator="type")]
 SinkConfig = Annotated[MqttSinkConfig, Field(discriminator="type")]
@@ -48,6 +49,7 @@ class Config(StrictModel):
     sources: list[SourceConfig] = Field(min_length=1)
     pipelines: list[PipelineConfig] = []
     sinks: list[SinkConfig] = []
+    web: WebConfig = WebConfig()
 
 
 def cross_references(config: Config) -> list[tuple[tuple[str | int, ...], str]]:
