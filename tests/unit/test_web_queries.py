@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+import json
 import sqlite3
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
+from gateway import cli
 from gateway.counters import Counters
 from gateway.model import Alert, AlertState, Reading
 from gateway.store.config import StoreConfig
@@ -173,3 +176,48 @@ def test_times_are_epoch_durations_ago_or_iso(text: str, expected: float) -> Non
 def test_bad_times_are_query_errors(text: str) -> None:
     with pytest.raises(QueryError):
         queries.parse_time(text, NOW)
+
+
+def run_query(capsys: pytest.CaptureFixture[str], *argv: str) -> tuple[int, Any, str]:
+    code = cli.main(["query", *argv])
+    out, err = capsys.readouterr()
+    return code, json.loads(out) if out else None, err
+
+
+def test_query_command_prints_the_same_json_as_the_api(
+    db: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    args = ("--device", "p1", "--metric", "temp", "--start", str(NOW), "--end", str(NOW + 60))
+    code, body, _ = run_query(capsys, "--db", str(db), "series", *args, "--bucket", "20s")
+    assert code == 0
+    assert [(p["avg"], p["count"]) for p in body["points"]] == [(9.5, 20), (29.5, 20), (49.5, 20)]
+    code, body, _ = run_query(capsys, "--db", str(db), "alerts", "--device", "p1")
+    assert [a["state"] for a in body] == ["cleared", "raised"]
+    code, body, _ = run_query(capsys, "--db", str(db), "active-alerts")
+    assert [a["device"] for a in body] == ["p2"]
+    code, body, _ = run_query(capsys, "--db", str(db), "dead-letters", "--limit", "1")
+    assert [d["source"] for d in body] == ["serial"]
+
+
+def test_query_command_reads_the_store_named_in_the_config(
+    db: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    config = tmp_path / "gateway.yaml"
+    config.write_text(
+        f"store: {{path: {db}}}\n"
+        "sources: [{id: fleet, type: mqtt, topics: ['s/{device}/{metric}']}]\n"
+    )
+    code, body, _ = run_query(capsys, "-c", str(config), "latest", "--device", "p2")
+    assert code == 0
+    assert [(r["device"], r["value"]) for r in body] == [("p2", 7.0)]
+
+
+def test_query_command_errors_are_messages_with_exit_codes(
+    db: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    code, _, err = run_query(capsys, "--db", str(db), "series", "--device", "p1")
+    assert (code, "--device and --metric" in err) == (2, True)
+    code, _, err = run_query(capsys, "--db", str(db), "alerts", "--since", "last week")
+    assert (code, "not a time" in err) == (2, True)
+    code, _, err = run_query(capsys, "--db", str(tmp_path / "none.db"), "latest")
+    assert (code, "no store" in err) == (1, True)
