@@ -68,7 +68,9 @@ function metric(devName, name) {
   svg.append(line);
   const msg = el("span", "msg");
   row.append(el("span", "name", name), value, svg, msg);
-  d.card.append(row);
+  const names = [...d.metrics.keys(), name].sort();
+  const next = names[names.indexOf(name) + 1];
+  d.card.insertBefore(row, next ? d.metrics.get(next).row : null);
   m = { row, value, line, msg, points: [] };
   d.metrics.set(name, m);
   loadHistory(devName, name, m);
@@ -87,15 +89,20 @@ async function loadHistory(devName, name, m) {
 }
 
 function draw(m) {
+  // x spans the last `history` seconds up to now (or up to the newest point when the device
+  // clock lags), at least 10 s, shorter while less data has been seen: no flat empty start.
   const now = Date.now() / 1000;
-  const from = now - state.history;
-  while (m.points.length && m.points[0][0] < from) m.points.shift();
+  const newest = m.points.length ? m.points[m.points.length - 1][0] : now;
+  const end = newest > now - state.history ? Math.max(now, newest) : newest;
+  while (m.points.length && m.points[0][0] < end - state.history) m.points.shift();
   if (!m.points.length) { m.line.setAttribute("points", ""); return; }
+  const start = Math.min(m.points[0][0], end - 10);
+  const width = end - start || 1;
   let lo = Infinity, hi = -Infinity;
   for (const [, v] of m.points) { lo = Math.min(lo, v); hi = Math.max(hi, v); }
   const span = hi - lo || 1;
   const pts = m.points.map(([t, v]) =>
-    `${(((t - from) / state.history) * 100).toFixed(2)},${(28 - ((v - lo) / span) * 26).toFixed(2)}`);
+    `${(((t - start) / width) * 100).toFixed(2)},${(28 - ((v - lo) / span) * 26).toFixed(2)}`);
   m.line.setAttribute("points", pts.join(" "));
 }
 
