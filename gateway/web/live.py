@@ -51,12 +51,11 @@ class LiveFeed:
 
     def observe(self, terminal: Callable[[Record], None]) -> Callable[[Record], None]:
         """Wrap a pipeline's terminal observer so its alerts also reach the pages."""
-        alerts = self._alerts
 
         def tee(record: Record) -> None:
             terminal(record)
             if record.__class__ is Alert:
-                alerts.append(record)
+                self._alerts.append(record)
 
         return tee
 

@@ -1,8 +1,9 @@
 """The live page in a real headless Chromium, while the simulated fleet runs.
 
 simulators (MQTT fleet, one device overheating) -> mosquitto -> gateway (web UI on) ->
-Chromium: the cards show stored values and update live, the alert appears, a screenshot is
-saved (the test's tmp dir and ``artifacts/web-ui.png``).
+Chromium: the page is opened before the fleet starts, so the cards, their values and the
+alert can only arrive live, without a reload; a screenshot is saved (the test's tmp dir
+and ``artifacts/web-ui.png``).
 """
 
 from __future__ import annotations
@@ -13,7 +14,7 @@ import shutil
 import signal
 import subprocess
 import sys
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -47,27 +48,34 @@ def chromium() -> str:
 
 
 @pytest.fixture
-def fleet(broker: Broker, tmp_path: Path) -> Iterator[subprocess.Popen[bytes]]:
+def start_fleet(broker: Broker, tmp_path: Path) -> Iterator[Callable[[], None]]:
     """3 devices x 2 metrics at 30 readings/s; dev-002's temperature climbs past 30 °C."""
-    log = open(tmp_path / "fleet.log", "ab")  # noqa: SIM115
-    proc = subprocess.Popen(
-        [
-            sys.executable, "-m", "simulators", "mqtt",
-            "--port", str(broker.port), "--devices", "3", "--metrics", "temperature,humidity",
-            "--rate", "30", "--duration", "5m", "--bad-every", "100",
-            "--fault", f"drift:device={HOT},metric=temperature,at=2s,rate=14400",
-        ],
-        stdout=log,
-        stderr=subprocess.STDOUT,
-    )  # fmt: skip
-    log.close()
-    yield proc
-    os.kill(proc.pid, signal.SIGTERM)
-    try:
-        proc.wait(timeout=10)
-    except subprocess.TimeoutExpired:
-        os.kill(proc.pid, signal.SIGKILL)
-        proc.wait()
+    procs: list[subprocess.Popen[bytes]] = []
+
+    def start() -> None:
+        with open(tmp_path / "fleet.log", "ab") as log:
+            procs.append(
+                subprocess.Popen(
+                    [
+                        sys.executable, "-m", "simulators", "mqtt",
+                        "--port", str(broker.port), "--devices", "3",
+                        "--metrics", "temperature,humidity", "--rate", "30", "--duration", "5m",
+                        "--bad-every", "100",
+                        "--fault", f"drift:device={HOT},metric=temperature,at=3s,rate=14400",
+                    ],
+                    stdout=log,
+                    stderr=subprocess.STDOUT,
+                )
+            )  # fmt: skip
+
+    yield start
+    for proc in procs:
+        os.kill(proc.pid, signal.SIGTERM)
+        try:
+            proc.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            os.kill(proc.pid, signal.SIGKILL)
+            proc.wait()
 
 
 def web_gateway(tmp_path: Path, broker: Broker, upstream: Broker) -> GatewayProcess:
@@ -104,7 +112,7 @@ def test_live_page_shows_values_and_the_injected_alert(
     chromium: str,
     broker: Broker,
     upstream_broker: Broker,
-    fleet: subprocess.Popen[bytes],
+    start_fleet: Callable[[], None],
 ) -> None:
     from playwright.sync_api import expect, sync_playwright
 
@@ -121,6 +129,8 @@ def test_live_page_shows_values_and_the_injected_alert(
             page.on("pageerror", lambda exc: errors.append(str(exc)))
             page.goto(url)
             expect(page.locator("#conn")).to_have_text("live", timeout=15_000)
+            expect(page.locator("#devices")).to_have_text("no readings yet")
+            start_fleet()  # everything from here on reaches the open page live
 
             # one card per device, each metric with a number taken from the store
             cards = page.locator("article.card")
@@ -171,6 +181,7 @@ def test_live_page_shows_values_and_the_injected_alert(
             browser.close()
         assert errors == []
     finally:
+        print("alerts in the store:", gw.query("SELECT device, state, ts, message FROM alerts"))
         if shot.exists():
             ARTIFACTS.mkdir(exist_ok=True)
             shutil.copy(shot, ARTIFACTS / shot.name)

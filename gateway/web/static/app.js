@@ -9,6 +9,7 @@ const state = {
   devices: new Map(),     // device -> {card, badge, metrics: Map(metric -> view)}
   active: new Map(),      // pipeline|step|device|metric -> raised alert
   seen: new Set(),        // alerts already in the feed (live and loaded may overlap)
+  lastTs: new Map(),      // pipeline|step|device|metric -> ts of the newest transition seen
 };
 
 function el(tag, cls, text) {
@@ -129,7 +130,21 @@ function renderAlertState(devName) {
   }
 }
 
-function addAlert(a, live) {
+// Apply one transition to the alert state unless a newer one for the same alert is known:
+// the initial load and the live stream overlap, in either order.
+function applyAlert(a) {
+  const key = alertKey(a);
+  const known = state.lastTs.get(key);
+  if (known !== undefined && a.ts < known) return;
+  state.lastTs.set(key, a.ts);
+  if (a.state === "raised") state.active.set(key, a);
+  else state.active.delete(key);
+  metric(a.device, a.metric);
+  renderAlertState(a.device);
+}
+
+function addAlert(a) {
+  applyAlert(a);
   const id = `${alertKey(a)}|${a.state}|${a.ts}`;
   if (state.seen.has(id)) return;
   state.seen.add(id);
@@ -138,14 +153,10 @@ function addAlert(a, live) {
   const li = el("li", a.state);
   li.append(el("time", "", clock(a.ts)), el("strong", "", `${a.state} ${a.severity}`), " ",
     el("span", "", a.message || `${a.device} ${a.metric}`));
-  list.prepend(li);
+  const newer = [...list.children].find((x) => Number(x.dataset.ts) < a.ts);
+  li.dataset.ts = String(a.ts);
+  list.insertBefore(li, newer || null);
   while (list.children.length > MAX_ALERTS) list.lastChild.remove();
-  if (live) {
-    if (a.state === "raised") state.active.set(alertKey(a), a);
-    else state.active.delete(alertKey(a));
-    metric(a.device, a.metric);
-    renderAlertState(a.device);
-  }
 }
 
 function cells(tr, values) {
@@ -186,7 +197,7 @@ function connect() {
   es.onerror = () => setLive(false);
   es.addEventListener("hello", (e) => { state.history = JSON.parse(e.data).history; });
   es.addEventListener("readings", (e) => JSON.parse(e.data).forEach(onReading));
-  es.addEventListener("alerts", (e) => JSON.parse(e.data).forEach((a) => addAlert(a, true)));
+  es.addEventListener("alerts", (e) => JSON.parse(e.data).forEach(addAlert));
   es.addEventListener("health", (e) => renderHealth(JSON.parse(e.data)));
 }
 
@@ -197,9 +208,8 @@ async function start() {
   ]);
   renderHealth(health);
   for (const r of latest) { const m = metric(r.device, r.metric); if (!m.points.length) onReading(r); }
-  recent.reverse().forEach((a) => addAlert(a, false));
-  for (const a of active) state.active.set(alertKey(a), a);
-  for (const name of new Set(active.map((a) => a.device))) renderAlertState(name);
+  recent.reverse().forEach(addAlert);
+  active.forEach(applyAlert);
   setInterval(() => { for (const d of state.devices.values()) for (const m of d.metrics.values()) draw(m); }, 5000);
 }
 
