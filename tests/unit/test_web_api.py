@@ -11,7 +11,9 @@ from typing import Any
 import pytest
 from aiohttp.test_utils import TestClient, TestServer
 
+from gateway.config.loader import load_text
 from gateway.counters import Counters
+from gateway.errors import ConfigError
 from gateway.model import Alert, Reading, Record
 from gateway.web.config import WebConfig
 from gateway.web.health import Health
@@ -179,6 +181,22 @@ async def test_a_token_guards_every_route(api_for: Callable[..., Any]) -> None:
     assert page.status == 200
     assert page.cookies["eg_token"].value == TOKEN
     assert (await client.get("/api/alerts")).status == 200
+
+
+SOURCES = "sources: [{id: fleet, type: mqtt, topics: ['s/{device}/{metric}']}]\n"
+
+
+def test_the_web_section_is_off_by_default_and_checked_like_any_other() -> None:
+    assert load_text(SOURCES, "gw.yaml").web.enabled is False
+    web = load_text(SOURCES + "web: {enabled: true, port: 0, history: 10m}\n", "gw.yaml").web
+    assert (web.enabled, web.host, web.port, web.history) == (True, "127.0.0.1", 0, 600.0)
+    with pytest.raises(ConfigError) as exc:
+        load_text(SOURCES + "web: {enabled: true, host: 0.0.0.0, prot: 1}\n", "gw.yaml")
+    assert exc.value.problems == [
+        "gw.yaml:2: web.prot: unknown key (check the spelling; see the config reference in README)"
+    ]
+    with pytest.raises(ConfigError, match=r"gw\.yaml:2: web: .*set web\.token"):
+        load_text(SOURCES + "web: {enabled: true, host: 0.0.0.0}\n", "gw.yaml")
 
 
 def test_a_non_loopback_address_needs_a_token() -> None:

@@ -195,21 +195,28 @@ function connect() {
   const es = new EventSource("api/events");
   es.onopen = () => setLive(true);
   es.onerror = () => setLive(false);
-  es.addEventListener("hello", (e) => { state.history = JSON.parse(e.data).history; });
+  let hellos = 0;
+  es.addEventListener("hello", (e) => {
+    state.history = JSON.parse(e.data).history;
+    if (hellos++ > 0) loadAlerts().catch((err) => console.warn(err)); // missed while away
+  });
   es.addEventListener("readings", (e) => JSON.parse(e.data).forEach(onReading));
   es.addEventListener("alerts", (e) => JSON.parse(e.data).forEach(addAlert));
   es.addEventListener("health", (e) => renderHealth(JSON.parse(e.data)));
 }
 
-async function start() {
-  connect();
-  const [latest, recent, active, health] = await Promise.all([
-    api("api/latest"), api("api/alerts?limit=50"), api("api/alerts/active"), api("api/health"),
-  ]);
-  renderHealth(health);
-  for (const r of latest) { const m = metric(r.device, r.metric); if (!m.points.length) onReading(r); }
+async function loadAlerts() {
+  const [recent, active] = await Promise.all([api("api/alerts?limit=50"), api("api/alerts/active")]);
   recent.reverse().forEach(addAlert);
   active.forEach(applyAlert);
+}
+
+async function start() {
+  connect();
+  const [latest, health] = await Promise.all([api("api/latest"), api("api/health")]);
+  renderHealth(health);
+  for (const r of latest) { const m = metric(r.device, r.metric); if (!m.points.length) onReading(r); }
+  await loadAlerts();
   setInterval(() => { for (const d of state.devices.values()) for (const m of d.metrics.values()) draw(m); }, 5000);
 }
 
