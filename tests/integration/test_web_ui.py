@@ -12,6 +12,7 @@ import os
 import re
 import shutil
 import signal
+import socket
 import subprocess
 import sys
 from collections.abc import Callable, Iterator
@@ -19,9 +20,10 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+import yaml
 
 from tests.conftest import Broker, free_port
-from tests.integration.harness import GatewayProcess, gateway_config
+from tests.integration.harness import GatewayProcess, gateway_config, wait_until
 
 pytestmark = pytest.mark.integration
 
@@ -190,3 +192,26 @@ def test_live_page_shows_values_and_the_injected_alert(
         gw.query("SELECT count(*) FROM alerts WHERE device = ? AND state = 'raised'", (HOT,))[0][0]
         >= 1
     )
+
+
+def test_a_busy_web_port_is_logged_and_the_gateway_runs_on(
+    tmp_path: Path,
+    broker: Broker,
+    upstream_broker: Broker,
+    start_fleet: Callable[[], None],
+) -> None:
+    gw = web_gateway(tmp_path, broker, upstream_broker)
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", gw_web_port(gw)))
+        taken.listen()
+        gw.start()
+        try:
+            gw.wait_log("web UI cannot listen")
+            start_fleet()
+            wait_until(lambda: gw.count("readings") >= 30, 30, "readings stored")
+        finally:
+            assert gw.stop() == 0, gw.log()
+
+
+def gw_web_port(gw: GatewayProcess) -> int:
+    return int(yaml.safe_load(gw.config_path.read_text())["web"]["port"])

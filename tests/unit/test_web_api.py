@@ -3,12 +3,15 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
+from collections import Counter
 from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 from typing import Any
 
 import pytest
+from aiohttp import ClientSession
 from aiohttp.test_utils import TestClient, TestServer
 
 from gateway.config.loader import load_text
@@ -19,7 +22,7 @@ from gateway.web.config import WebConfig
 from gateway.web.health import Health
 from gateway.web.live import CLIENT_QUEUE, LiveFeed
 from gateway.web.queries import ReadOnlyStore
-from gateway.web.server import build_app
+from gateway.web.server import build_app, serve
 from tests.unit.test_web_queries import NOW, fill
 
 TOKEN = "s3cret-token-0123456789"
@@ -268,3 +271,46 @@ def test_without_pages_publishing_only_forgets() -> None:
     page = feed.connect()
     assert feed.publish() == 0
     assert page.queue.empty()
+
+
+async def count_updates(stream: Any, updates: Counter[str]) -> None:
+    """Count ``readings`` updates per device until the stream ends."""
+    name = ""
+    async for raw in stream:
+        line = raw.decode().rstrip("\n")
+        if line.startswith("event: "):
+            name = line.removeprefix("event: ")
+        elif line.startswith("data: ") and name == "readings":
+            updates.update(r["device"] for r in json.loads(line.removeprefix("data: ")))
+
+
+async def test_a_page_gets_at_most_updates_per_second_per_device(tmp_path: Path) -> None:
+    """10 devices tapped as fast as the loop allows for 2 s; the stream stays at 4/s each."""
+    await fill(tmp_path / "gateway.db")
+    rate, seconds = 4.0, 2.0
+    config = WebConfig(enabled=True, port=0, updates_per_second=rate)
+    feed = LiveFeed()
+    store = ReadOnlyStore(tmp_path / "gateway.db")
+    url: asyncio.Future[str] = asyncio.get_running_loop().create_future()
+    server = asyncio.create_task(
+        serve(config, store, feed, make_health(Counters(), Clock()), url.set_result)
+    )
+    updates: Counter[str] = Counter()
+    tapped = 0
+    async with ClientSession() as session, session.get(await url + "api/events") as resp:
+        reader = asyncio.create_task(count_updates(resp.content, updates))
+        loop = asyncio.get_running_loop()
+        end = loop.time() + seconds
+        while loop.time() < end:
+            for i in range(1000):
+                feed.tap(Reading("fleet", f"dev-{i % 10}", "temp", float(i), NOW + i))
+            tapped += 1000
+            await asyncio.sleep(0)  # let the publisher and the stream run
+        server.cancel()  # ends the stream: the reader has seen everything sent
+        with contextlib.suppress(asyncio.CancelledError):
+            await server
+        async with asyncio.timeout(10):
+            await reader
+    assert set(updates) == {f"dev-{i}" for i in range(10)}
+    assert max(updates.values()) <= rate * seconds + 1, updates
+    assert tapped > 100 * max(updates.values())  # many more readings than updates
