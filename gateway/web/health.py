@@ -30,6 +30,7 @@ class Health:
         self._started = clock()
         self._base: tuple[float, dict[tuple[str, str], int]] = (self._started, {})
         self._rates: dict[tuple[str, str], float] = {}
+        self._seen: dict[str, tuple[int, float]] = {}  # source -> (readings, when it last grew)
 
     def snapshot(self, outbox: Mapping[str, int]) -> dict[str, Any]:
         """What the page's health panel shows; ``outbox`` is the depth per sink."""
@@ -49,6 +50,11 @@ class Health:
 
         sources = []
         for source in self._sources:
+            readings = counts.get((source, "readings"), 0)
+            last_count, last_grew = self._seen.get(source, (0, None))
+            if readings > last_count:
+                last_count, last_grew = readings, now
+                self._seen[source] = (last_count, last_grew)
             rejected = {
                 name.removeprefix("rejected_"): n
                 for (comp, name), n in counts.items()
@@ -57,8 +63,9 @@ class Health:
             sources.append(
                 {
                     "id": source,
-                    "readings": counts.get((source, "readings"), 0),
+                    "readings": readings,
                     "rate": rate(source, "readings"),
+                    "idle": None if last_grew is None else round(now - last_grew, 1),
                     "rejected": sum(rejected.values()),
                     "rejected_by_reason": rejected,
                 }

@@ -136,6 +136,7 @@ def test_health_counts_rates_per_second_between_snapshots() -> None:
     counters = Counters()
     clock = Clock()
     health = make_health(counters, clock)
+    assert health.snapshot({})["sources"][0]["idle"] is None  # no reading yet
     counters.inc("fleet", "readings", 120)
     counters.inc("fleet", "rejected_malformed_json", 2)
     clock.now += 60
@@ -145,6 +146,7 @@ def test_health_counts_rates_per_second_between_snapshots() -> None:
             "id": "fleet",
             "readings": 120,
             "rate": 2.0,
+            "idle": 0.0,
             "rejected": 2,
             "rejected_by_reason": {"malformed_json": 2},
         }
@@ -157,6 +159,15 @@ def test_health_counts_rates_per_second_between_snapshots() -> None:
     assert health.snapshot({})["sources"][0]["rate"] == 2.0
     clock.now += 0.5
     assert health.snapshot({})["sources"][0]["rate"] == 30.0
+    clock.now += 12  # quiet since the snapshot that first saw its last readings, 12.5 s ago
+    assert health.snapshot({})["sources"][0] | {"rate": None} == {
+        "id": "fleet",
+        "readings": 150,
+        "rate": None,
+        "idle": 12.5,
+        "rejected": 2,
+        "rejected_by_reason": {"malformed_json": 2},
+    }
 
 
 async def test_the_page_and_its_files_are_served(api_for: Callable[..., Any]) -> None:

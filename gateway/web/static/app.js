@@ -174,7 +174,8 @@ function renderHealth(h) {
   const src = document.querySelector("#sources tbody");
   src.replaceChildren(...h.sources.map((s) => {
     const tr = el("tr");
-    cells(tr, [s.id, s.readings, s.rate, s.rejected]);
+    const last = s.idle === null ? "never" : `${Math.round(s.idle)}s ago`;
+    cells(tr, [s.id, s.readings, s.rate, s.rejected, el("span", s.idle === null || s.idle > 10 ? "stale" : "", last)]);
     return tr;
   }));
   const sinks = document.querySelector("#sinks tbody");
