@@ -120,6 +120,30 @@ def test_latest_is_the_newest_reading_per_device_and_metric(conn: sqlite3.Connec
     assert [r["device"] for r in queries.latest(conn, "p2")] == ["p2"]
 
 
+async def test_latest_walks_every_device_and_metric(tmp_path: Path) -> None:
+    path = tmp_path / "many.db"
+    async with Store(StoreConfig(path=path), Counters()) as store:
+        store.add_readings(
+            Reading("fleet", device, metric, float(i), NOW + i)
+            for i in range(40)
+            for device, metric in [("b", "z"), ("a", "y"), ("b", "x"), ("a", "x"), ("c", "")]
+        )
+        await store.flush()
+    conn = queries.connect_readonly(path)
+    try:
+        got = [(r["device"], r["metric"], r["value"]) for r in queries.latest(conn)]
+        assert got == [
+            ("a", "x", 39.0),
+            ("a", "y", 39.0),
+            ("b", "x", 39.0),
+            ("b", "z", 39.0),
+            ("c", "", 39.0),
+        ]
+        assert queries.latest(conn, "nobody") == []
+    finally:
+        conn.close()
+
+
 def test_alert_history_newest_first_with_filters(conn: sqlite3.Connection) -> None:
     assert [(a["device"], a["state"]) for a in queries.alerts(conn)] == [
         ("p2", "raised"),
