@@ -151,9 +151,8 @@ def active_alerts(conn: sqlite3.Connection) -> list[dict[str, Any]]:
     """Alerts whose latest transition is ``raised``: what is wrong right now."""
     rows = conn.execute(
         "SELECT pipeline, step, device, metric, kind, state, severity, ts, value, threshold,"
-        " message FROM alerts AS a WHERE rowid = (SELECT max(rowid) FROM alerts AS b"
-        " WHERE b.pipeline = a.pipeline AND b.step = a.step AND b.device = a.device"
-        " AND b.metric = a.metric) AND state = 'raised' ORDER BY ts DESC"
+        " message FROM alerts WHERE rowid IN (SELECT max(rowid) FROM alerts"
+        " GROUP BY pipeline, step, device, metric) AND state = 'raised' ORDER BY ts DESC"
     ).fetchall()
     return [dict(r) for r in rows]
 
