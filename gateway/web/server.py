@@ -42,6 +42,8 @@ log = logging.getLogger("gateway.web")
 
 HEARTBEAT = 15.0
 """Seconds between SSE keep-alive comments when nothing else is sent."""
+MAX_STREAMS = 64
+"""Open live streams at most; more pages are refused (503) instead of growing without bound."""
 COOKIE = "eg_token"
 STATIC = {"app.js": "text/javascript", "style.css": "text/css", "index.html": "text/html"}
 
@@ -188,6 +190,9 @@ async def health(request: web.Request) -> web.Response:
 
 async def events(request: web.Request) -> web.StreamResponse:
     """The live stream; ends when the page goes away or the gateway stops."""
+    feed = request.app[FEED]
+    if len(feed.clients) >= MAX_STREAMS:
+        return _json({"error": f"too many open pages (at most {MAX_STREAMS})"}, 503)
     response = web.StreamResponse(
         headers={
             "Content-Type": "text/event-stream",
@@ -196,7 +201,6 @@ async def events(request: web.Request) -> web.StreamResponse:
         }
     )
     await response.prepare(request)
-    feed = request.app[FEED]
     client = feed.connect()
     try:
         await response.write(

@@ -22,7 +22,7 @@ from gateway.web.config import WebConfig
 from gateway.web.health import Health
 from gateway.web.live import CLIENT_QUEUE, LiveFeed
 from gateway.web.queries import ReadOnlyStore
-from gateway.web.server import build_app, serve
+from gateway.web.server import MAX_STREAMS, build_app, serve
 from tests.unit.test_web_queries import NOW, fill
 
 TOKEN = "s3cret-token-0123456789"
@@ -262,6 +262,15 @@ async def test_the_stream_pushes_coalesced_readings_and_alerts(api_for: Callable
     assert '"state":"raised"' in data
     assert feed.publish() == 0  # nothing new: nothing sent
     resp.close()
+
+
+async def test_open_streams_are_bounded(api_for: Callable[..., Any]) -> None:
+    client, feed = await api_for(WebConfig())
+    for _ in range(MAX_STREAMS):
+        feed.connect()
+    resp = await client.get("/api/events")
+    assert resp.status == 503
+    assert "too many" in (await resp.json())["error"]
 
 
 def test_a_page_that_falls_behind_is_dropped_not_waited_for() -> None:
