@@ -134,7 +134,9 @@ class Gateway:
                 len(self.pipelines),
                 len(self.forwarders),
             )
-            web_tasks = [tg.create_task(self._web(), name="web")] if self.live else []
+            web_tasks = (
+                [tg.create_task(_supervised("web", self._web), name="web")] if self.live else []
+            )
             self.ready.set()
             await stop.wait()
             log.info("stopping: closing sources, flushing pipelines and store")
