@@ -42,6 +42,7 @@ from gateway.sources.mqtt import MqttSource
 from gateway.sources.serial import SerialSource
 from gateway.store.store import Store
 from gateway.systemd import Notifier, watchdog_interval
+from gateway.web.live import LiveFeed
 
 log = logging.getLogger("gateway.app")
 
@@ -126,6 +127,7 @@ class Gateway:
         self.forwarders: dict[str, Forwarder] = {}
         self.pipelines: dict[str, Pipeline] = {}
         self.reloads = 0
+        self.live = LiveFeed() if self.config.web.enabled else None
         self._tasks: dict[str, asyncio.Task[None]] = {}
         self._tg: asyncio.TaskGroup | None = None
         self._intake: Intake | None = None
@@ -180,7 +182,8 @@ class Gateway:
         subject: Subject[Record] = Subject()
         operator = compile_steps(p.id, p.steps, self._scheduler, self.counters, self.meters)
         subscription = subject.pipe(operator).subscribe(
-            on_next=router, on_error=functools.partial(_pipeline_failed, p.id)
+            on_next=router if self.live is None else self.live.observe(router),
+            on_error=functools.partial(_pipeline_failed, p.id),
         )
         return Pipeline(p, subject, subscription, self.meters.timed(p.id, subject.on_next))
 
@@ -189,6 +192,9 @@ class Gateway:
         for pipeline in self.pipelines.values():
             for source_id in pipeline.config.from_:
                 routes.setdefault(source_id, []).append(pipeline.push)
+        if self.live is not None:  # the web UI's latest-value tap: one dict store per reading
+            for src in self.config.sources:
+                routes.setdefault(src.id, []).append(self.live.tap)
         return routes
 
     def _start(self, name: str, factory: Callable[[], Awaitable[None]]) -> None:
@@ -266,6 +272,9 @@ class Gateway:
                 name="health",
             )
             reload_task = tg.create_task(self._reloader(), name="reloader")
+            web_tasks = (
+                [tg.create_task(_supervised("web", self._web), name="web")] if self.live else []
+            )
             if server is not None:
                 await server.start()
             await asyncio.sleep(0)  # let every source start connecting
@@ -287,7 +296,7 @@ class Gateway:
             self.notifier.stopping()
             log.info("stopping: closing sources, flushing pipelines and store")
             self._intake.open = False
-            await _cancel([reload_task, status_task, health_task])
+            await _cancel([reload_task, status_task, health_task, *web_tasks])
             await self._stop_tasks([n for n in self._tasks if n.startswith("source:")])
             for running in self.pipelines.values():
                 running.subject.on_completed()  # flushes open windows into the store and outbox
@@ -415,6 +424,12 @@ class Gateway:
         """Return once ``count`` reloads have finished (for tests and callers of reload)."""
         async with self._reloaded:
             await self._reloaded.wait_for(lambda: self.reloads >= count)
+
+    async def _web(self) -> None:
+        from gateway.web.server import run_web  # aiohttp is imported only when the UI is on
+
+        assert self.live is not None
+        await run_web(self.config, self.counters, self.live, list(self.forwarders.values()))
 
 
 def _pipeline_failed(pipeline: str, exc: Exception) -> None:

@@ -1,4 +1,4 @@
-"""``edge-gateway run | check | replay``: the command-line entry point and its exit codes.
+"""``edge-gateway run | check | replay | query``: the command-line entry point and exit codes.
 
 Exit codes: 0 ok, 2 invalid configuration, 1 unexpected failure.
 """
@@ -19,6 +19,7 @@ from gateway.config.model import Config
 from gateway.config.redact import effective_yaml
 from gateway.errors import ConfigError
 from gateway.logs import LOG_FORMATS, setup
+from gateway.web import query_cli
 
 EXIT_OK, EXIT_FAILURE, EXIT_CONFIG = 0, 1, 2
 
@@ -46,6 +47,7 @@ def _parser() -> argparse.ArgumentParser:
         "-q", "--quiet", action="store_true", help="print nothing when the config is valid"
     )
     _replay_parser(sub)
+    query_cli.add_parser(sub)
     return parser
 
 
@@ -114,6 +116,8 @@ async def _run(config: Config, path: str) -> None:
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = _parser().parse_args(argv)
+    if args.command == "query":
+        return query_cli.main(args)
     try:
         config = load(args.config)
     except ConfigError as exc:

@@ -15,6 +15,7 @@ from gateway.sinks.topics import TopicTemplate
 from gateway.sources.mqtt import MqttSourceConfig
 from gateway.sources.serial import SerialSourceConfig
 from gateway.store.config import StoreConfig
+from gateway.web.config import WebConfig
 
 SourceConfig = Annotated[MqttSourceConfig | SerialSourceConfig, Field(discriminator="type")]
 SinkConfig = Annotated[MqttSinkConfig, Field(discriminator="type")]
@@ -60,6 +61,7 @@ class Config(StrictModel):
     sinks: list[SinkConfig] = []
     limits: LimitsConfig = LimitsConfig()
     http: HttpConfig = HttpConfig()
+    web: WebConfig = WebConfig()
 
 
 def cross_references(config: Config) -> list[tuple[tuple[str | int, ...], str]]:
