@@ -41,6 +41,10 @@ class Intake:
             for reading in readings:
                 push(reading)
 
+    def when_committed(self, callback: Callable[[], None]) -> None:
+        if self.open:
+            self._store.when_committed(callback)
+
     def reject(self, source: str, reason: str, detail: str, raw: bytes) -> None:
         self._counters.inc(source, f"rejected_{reason}")
         self._store.add_dead_letter(source, reason, detail, raw, self._clock())

@@ -35,6 +35,7 @@ import logging
 import random
 import sqlite3
 import time
+from collections import deque
 from collections.abc import Callable, Iterable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
@@ -206,6 +207,7 @@ class Store:
         self._added = 0  # sequence number of the last add
         self._committed_upto = 0  # every add up to this sequence number is committed
         self._inflight: asyncio.Future[_Written] | None = None
+        self._waiters: deque[tuple[int, Callable[[], None]]] = deque()
         self._wake = asyncio.Event()
 
     # ------------------------------------------------------------------ lifecycle
@@ -296,6 +298,23 @@ class Store:
         if self._n_pending >= self.config.batch_max and not self._wake.is_set():
             self._wake.set()
 
+    def when_committed(self, callback: Callable[[], None]) -> None:
+        """Call ``callback`` (on the loop) once everything added so far is committed: right
+        away if it already is. Callbacks run in the order they were registered."""
+        if self._committed_upto >= self._added:
+            callback()
+        else:
+            self._waiters.append((self._added, callback))
+
+    def _release_waiters(self) -> None:
+        waiters, upto = self._waiters, self._committed_upto
+        while waiters and waiters[0][0] <= upto:
+            _, callback = waiters.popleft()
+            try:
+                callback()
+            except Exception:  # a caller's bug must not break the commit bookkeeping
+                log.exception("store: a commit callback failed")
+
     # ------------------------------------------------------------------ loop side: commit
 
     async def flush(self) -> None:
@@ -346,6 +365,7 @@ class Store:
             raise RuntimeError("store is not open")
         if self._n_pending == 0:
             self._committed_upto = self._added
+            self._release_waiters()
             return
         batch = _Batch(
             self._added,
@@ -382,6 +402,7 @@ class Store:
             return
         written = fut.result()
         self._committed_upto = max(self._committed_upto, batch.upto)
+        self._release_waiters()
         c = self._counters
         c.inc(COMPONENT, "readings_written", written.readings)
         c.inc(COMPONENT, "duplicates", written.duplicates)
