@@ -72,6 +72,8 @@ class Gateway:
             backoff=Backoff(sink.broker.reconnect.initial, sink.broker.reconnect.max),
             breaker_failures=sink.breaker.failures,
             breaker_cooldown=sink.breaker.cooldown,
+            max_message_bytes=sink.max_message_bytes,
+            max_attempts=sink.max_attempts,
         )
 
     def _build_pipelines(self) -> dict[str, list[Callable[[Reading], None]]]:

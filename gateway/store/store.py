@@ -438,6 +438,13 @@ class Store:
             sql = "UPDATE outbox SET attempts = attempts + 1 WHERE id = ?"
             await self._call(self._outbox_update, sql, ids)
 
+    async def outbox_dead_letter(self, rows: Sequence[OutboxRow], sink: str, reason: str) -> None:
+        """Move undeliverable rows from the outbox to ``dead_letters`` in one transaction."""
+        if rows:
+            now = self._clock()
+            await self._call(self._outbox_bury, rows, sink, reason, now)
+            self._counters.inc(COMPONENT, "dead_letters", len(rows))
+
     async def outbox_depth(self, sink: str | None = None) -> int:
         """Committed outbox rows, of one sink or of all."""
         if sink is None:
@@ -565,6 +572,24 @@ class Store:
             (sink, limit),
         )
         return [OutboxRow(*row) for row in cursor]
+
+    def _outbox_bury(self, rows: Sequence[OutboxRow], sink: str, reason: str, now: float) -> None:
+        db = self._database()
+        with db.atomic():
+            db.conn.executemany(
+                _INSERT_DEAD_LETTER,
+                (
+                    (
+                        sink,
+                        now,
+                        reason,
+                        f"{r.msg_id} on {r.topic} after {r.attempts} attempts",
+                        r.payload[:DEAD_LETTER_RAW_MAX],
+                    )
+                    for r in rows
+                ),
+            )
+            db.conn.executemany("DELETE FROM outbox WHERE id = ?", ((r.id,) for r in rows))
 
     def _outbox_update(self, sql: str, ids: Sequence[int]) -> None:
         db = self._database()
