@@ -75,6 +75,6 @@ class Router:
                     "kind": type(record).__name__.lower(),
                 },
             )
-            msg_id = self._ids.next()
+            msg_id = self._ids.for_record(record, self._pipeline, target.sink)
             payload = encode(record, msg_id, self._gateway, self._pipeline)
             self._store.add_outbox(target.sink, msg_id, topic, payload, target.qos)
