@@ -18,7 +18,7 @@ from gateway import status
 from gateway.config.model import Config
 from gateway.counters import Counters
 from gateway.intake import Intake
-from gateway.model import Reading, Record
+from gateway.model import Alert, Reading, Record
 from gateway.pipeline.steps import compile_steps
 from gateway.router import Router, Target
 from gateway.sinks.forwarder import Forwarder
@@ -74,6 +74,7 @@ class Gateway:
             breaker_cooldown=sink.breaker.cooldown,
             max_message_bytes=sink.max_message_bytes,
             max_attempts=sink.max_attempts,
+            drain_rate=sink.drain_rate,
         )
 
     def _build_pipelines(self) -> dict[str, list[Callable[[Reading], None]]]:
@@ -95,7 +96,37 @@ class Gateway:
             self.pipelines.append(Pipeline(p.id, subject, subscription))
             for source_id in p.from_:
                 routes.setdefault(source_id, []).append(subject.on_next)
+        self._route_overflow_alerts(ids)
         return routes
+
+    def _route_overflow_alerts(self, ids: MessageIds) -> None:
+        """The first drop by an overflow policy raises an alert, stored and sent to every sink
+        (alerts go first and are dropped last, so it gets through)."""
+        gateway = self.config.gateway.id
+        targets = [
+            Target(s.id, s.topics.reading, s.topics.aggregate, s.topics.alert, s.qos)
+            for s in self.config.sinks
+        ]
+        router = Router(gateway, "gateway", self.store, targets, ids, ["alerts"])
+
+        def raise_alert(counter: str, n: int) -> None:
+            router(
+                Alert(
+                    "gateway",
+                    "store",
+                    gateway,
+                    counter,
+                    "overflow",
+                    "raised",
+                    "critical",
+                    time.time(),
+                    float(n),
+                    0.0,
+                    f"{n} items dropped by the overflow policy ({counter}); more are counted",
+                )
+            )
+
+        self.store.on_first_drop = raise_alert
 
     async def run(self, stop: asyncio.Event) -> None:
         """Run until ``stop`` is set, then drain and return."""

@@ -8,7 +8,7 @@ from dataclasses import dataclass
 from gateway.model import Aggregate, Alert, Reading, Record
 from gateway.sinks.payloads import MessageIds, encode
 from gateway.sinks.topics import render
-from gateway.store.store import Store
+from gateway.store.store import PRIORITY_AGGREGATE, PRIORITY_ALERT, PRIORITY_READING, Store
 
 
 @dataclass(frozen=True, slots=True)
@@ -58,11 +58,11 @@ class Router:
             return
         for target in self._targets:
             if isinstance(record, Reading):
-                template, source = target.reading_topic, record.source
+                template, source, priority = target.reading_topic, record.source, PRIORITY_READING
             elif isinstance(record, Aggregate):
-                template, source = target.aggregate_topic, ""
+                template, source, priority = target.aggregate_topic, "", PRIORITY_AGGREGATE
             else:
-                template, source = target.alert_topic, ""
+                template, source, priority = target.alert_topic, "", PRIORITY_ALERT
             topic = render(
                 template,
                 {
@@ -77,4 +77,4 @@ class Router:
             )
             msg_id = self._ids.for_record(record, self._pipeline, target.sink)
             payload = encode(record, msg_id, self._gateway, self._pipeline)
-            self._store.add_outbox(target.sink, msg_id, topic, payload, target.qos)
+            self._store.add_outbox(target.sink, msg_id, topic, payload, target.qos, priority)

@@ -68,6 +68,7 @@ class Forwarder:
         breaker_cooldown: float,
         max_message_bytes: int = 256 * 1024,
         max_attempts: int = 10,
+        drain_rate: float | None = None,
         clock: Callable[[], float] | None = None,
     ) -> None:
         self.sink_id = sink_id
@@ -82,6 +83,9 @@ class Forwarder:
         )
         self._max_bytes = max_message_bytes
         self._max_attempts = max_attempts
+        self._drain_rate = drain_rate
+        if drain_rate is not None:  # about a second per batch, so a new alert waits <= ~1 s
+            self._batch = max(1, min(batch, int(drain_rate)))
         self.idle = asyncio.Event()
 
     def _breaker_changed(self, old: BreakerState, new: BreakerState) -> None:
@@ -164,6 +168,7 @@ class Forwarder:
             if not self.breaker.allow():
                 await asyncio.sleep(max(self.breaker.retry_in(), 0.05))
                 continue
+            started = asyncio.get_running_loop().time()
             try:
                 await self._deliver(rows)
             except SinkError as exc:
@@ -182,6 +187,9 @@ class Forwarder:
             else:
                 self.breaker.record_success()
                 self._backoff.reset()
+                if self._drain_rate is not None:  # pace the backlog; alerts are taken first
+                    spent = asyncio.get_running_loop().time() - started
+                    await asyncio.sleep(max(0.0, len(rows) / self._drain_rate - spent))
 
     async def drain(self, max_wait: float) -> bool:
         """Wait (at most ``max_wait`` seconds) until this sink's outbox is empty; True if it is."""

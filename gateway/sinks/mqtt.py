@@ -64,6 +64,9 @@ class MqttSinkConfig(StrictModel):
         10, ge=1, description="refused or unconfirmed sends of one message before it is dead"
     )
     max_inflight: int = Field(100, ge=1, le=65535)
+    drain_rate: float | None = Field(
+        None, gt=0, description="messages per second at most (a backlog drains no faster)"
+    )
 
 
 class MqttPublisher:

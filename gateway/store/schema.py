@@ -100,7 +100,11 @@ def create_schema(db: Database) -> None:
             " id INTEGER PRIMARY KEY AUTOINCREMENT, sink TEXT, msg_id TEXT, topic TEXT,"
             " payload BLOB, qos INTEGER, created REAL, attempts INTEGER NOT NULL DEFAULT 0)"
         )
-        db.table("outbox").create_index(
-            ["sink", "id"], index_name="outbox_sink_id", if_not_exists=True
-        )
+        # priority: 0 alert, 1 aggregate, 2 reading; a sink takes the lowest first (alerts
+        # go first) and overflow drops the highest first (raw readings go first).
+        if "priority" not in db.table("outbox").columns_dict:
+            db.execute("ALTER TABLE outbox ADD COLUMN priority INTEGER NOT NULL DEFAULT 1")
+        db.execute("DROP INDEX IF EXISTS outbox_sink_id")
+        db.execute("CREATE INDEX IF NOT EXISTS outbox_sink_priority ON outbox (sink, priority, id)")
+        db.execute("CREATE INDEX IF NOT EXISTS outbox_priority ON outbox (priority DESC, id)")
         db.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")

@@ -128,3 +128,89 @@ def test_aggregates_get_a_fresh_id_each() -> None:
     ids = MessageIds()
     agg = Aggregate("p", "w", "d", "m", 0.0, 1.0, 1)
     assert ids.for_record(agg, "p", "up") != ids.for_record(agg, "p", "up")
+
+
+# ------------------------------------------------------------------ bounded outbox and store
+
+ALERT, AGG, READING = 0, 1, 2
+
+
+def bounded(tmp_path: Path, counters: Counters, **config: object) -> Store:
+    return Store(StoreConfig(path=tmp_path / "b.db", **config), counters, lambda: NOW)  # type: ignore[arg-type]
+
+
+async def test_a_full_outbox_drops_the_oldest_readings_first_and_alerts_last(
+    tmp_path: Path,
+) -> None:
+    counters = Counters()
+    drops: list[tuple[str, int]] = []
+    async with bounded(tmp_path, counters, outbox={"max_rows": 4}) as store:
+        store.on_first_drop = lambda counter, n: drops.append((counter, n))
+        for i in range(3):
+            store.add_outbox("up", f"alert{i}", "a", b"!", 1, ALERT)
+        for i in range(5):
+            store.add_outbox("up", f"r{i}", "r", b"1", 1, READING)
+        await store.flush()
+        store.add_outbox("up", "r5", "r", b"1", 1, READING)
+        await store.flush()
+        kept = [r.msg_id for r in await store.outbox_take("up", 100)]
+    assert kept == ["alert0", "alert1", "alert2", "r5"]  # alerts first, newest reading kept
+    assert counters.get("store", "outbox_dropped") == 5
+    assert drops == [("outbox_dropped", 4)]  # the first drop raised the alert, once
+
+
+async def test_reject_new_keeps_what_is_queued(tmp_path: Path) -> None:
+    counters = Counters()
+    async with bounded(
+        tmp_path, counters, outbox={"max_rows": 3, "overflow": "reject_new"}
+    ) as store:
+        for i in range(3):
+            store.add_outbox("up", f"old{i}", "r", b"1", 1, READING)
+        await store.flush()
+        store.add_outbox("up", "new0", "r", b"1", 1, READING)
+        store.add_outbox("up", "alert", "a", b"!", 1, ALERT)
+        await store.flush()
+        kept = [r.msg_id for r in await store.outbox_take("up", 100)]
+    assert kept == ["alert", "old0", "old1"]
+    assert counters.get("store", "outbox_dropped") == 2
+
+
+async def test_the_outbox_byte_limit_counts_payload_bytes(tmp_path: Path) -> None:
+    counters = Counters()
+    async with bounded(tmp_path, counters, outbox={"max_bytes": 2048}) as store:
+        for i in range(4):
+            store.add_outbox("up", f"m{i}", "r", b"x" * 1000, 1, READING)
+        await store.flush()
+        assert [r.msg_id for r in await store.outbox_take("up", 100)] == ["m2", "m3"]
+        await store.outbox_ack([r.id for r in await store.outbox_take("up", 1)])
+        store.add_outbox("up", "m4", "r", b"x" * 1000, 1, READING)
+        await store.flush()  # the ack freed room: nothing more is dropped
+        assert [r.msg_id for r in await store.outbox_take("up", 100)] == ["m3", "m4"]
+    assert counters.get("store", "outbox_dropped") == 2
+
+
+async def test_pending_items_are_bounded_while_commits_fail(tmp_path: Path) -> None:
+    counters = Counters()
+    drops: list[tuple[str, int]] = []
+    store = bounded(tmp_path, counters, max_pending=100)
+    async with store:
+        store.on_first_drop = lambda counter, n: drops.append((counter, n))
+        with sqlite3.connect(tmp_path / "b.db") as conn:
+            conn.execute(
+                "CREATE TRIGGER full BEFORE INSERT ON readings BEGIN SELECT json('{'); END"
+            )
+        conn.close()
+        store.add_outbox("up", "alert", "a", b"!", 1, ALERT)
+        for i in range(250):
+            store.add_readings([reading(i, i)])
+        assert store.pending <= 100
+        dropped = counters.get("store", "pending_dropped")
+        assert dropped == 251 - store.pending
+        assert [counter for counter, _ in drops] == ["pending_dropped"]
+        with sqlite3.connect(tmp_path / "b.db") as conn:
+            conn.execute("DROP TRIGGER full")
+        conn.close()
+        await store.flush()
+        seqs = [r["seq"] for r in await store.query("SELECT seq FROM readings ORDER BY seq")]
+        assert seqs == list(range(250 - len(seqs), 250))  # the newest were kept
+        assert [r.msg_id for r in await store.outbox_take("up", 10)] == ["alert"]

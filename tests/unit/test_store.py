@@ -503,7 +503,8 @@ async def test_schema_is_idempotent(make_store: Callable[..., Store]) -> None:
             " ORDER BY name"
         )
         assert [i["name"] for i in indexes] == [
-            "outbox_sink_id",
+            "outbox_priority",
+            "outbox_sink_priority",
             "readings_content",
             "readings_device_metric_ts",
             "readings_seq",
