@@ -5,6 +5,7 @@ from __future__ import annotations
 import getpass
 import subprocess
 from collections.abc import Iterator
+from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
@@ -12,12 +13,16 @@ import pytest
 from tests.conftest import MOSQUITTO, Broker, _wait_listening
 
 
+@dataclass
 class PersistentBroker(Broker):
     """A mosquitto that saves sessions and queued messages on exit and reloads them.
 
     Started as root, mosquitto drops to the ``mosquitto`` user, which cannot write into
     pytest's private tmp dirs; ``user`` keeps it as the current user so persistence works.
     """
+
+    extra: str = ""
+    """More mosquitto.conf lines (e.g. an ``acl_file``)."""
 
     def start(self) -> None:
         conf = self.workdir / f"mosquitto-{self.port}.conf"
@@ -32,6 +37,7 @@ class PersistentBroker(Broker):
             "max_inflight_messages 100\n"
             "log_dest stderr\n"
             "log_type error\n"
+            f"{self.extra}"
         )
         log = open(self.workdir / f"mosquitto-{self.port}.log", "ab")  # noqa: SIM115
         self.proc = subprocess.Popen([MOSQUITTO, "-c", str(conf)], stdout=log, stderr=log)
