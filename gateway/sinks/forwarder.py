@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import sqlite3
 from collections.abc import Callable, Sequence
 from enum import Enum
 from typing import Protocol
@@ -171,6 +172,16 @@ class Forwarder:
             started = asyncio.get_running_loop().time()
             try:
                 await self._deliver(rows)
+            except sqlite3.Error as exc:  # e.g. disk full while deleting acked rows: resend later
+                self._counters.inc(self.sink_id, "store_errors")
+                delay = self._backoff.next_delay()
+                log.error(
+                    "sink %s: outbox update failed (%s); retrying in %.1fs",
+                    self.sink_id,
+                    exc,
+                    delay,
+                )
+                await asyncio.sleep(delay)
             except SinkError as exc:
                 self.breaker.record_failure()
                 self._counters.inc(self.sink_id, "failures")
