@@ -141,13 +141,8 @@ class Forwarder:
             if dead:
                 await self._bury(dead, "undeliverable")
             unconfirmed = sum(o is Outcome.UNCONFIRMED for o in outcomes)
-            if suspect is not None:
-                raise SinkError(f"{unconfirmed} of {len(rows)} messages not acknowledged")
-            log.warning(
-                "sink %s: the broker refused %d of %d messages",
-                self.sink_id,
-                len(refused),
-                len(rows),
+            raise SinkError(
+                f"{unconfirmed} of {len(rows)} messages not acknowledged, {len(refused)} refused"
             )
 
     async def _bury(self, rows: list[OutboxRow], reason: str) -> None:

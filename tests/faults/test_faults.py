@@ -15,6 +15,7 @@ import pytest
 from simulators.mqtt_fleet import FleetSummary, run_fleet
 from simulators.serial_device import SerialDevice, run_serial
 from tests.conftest import Broker
+from tests.faults.blackhole import BlackholeProxy
 from tests.faults.support import (
     OUTAGE_S,
     FaultCollector,
@@ -199,3 +200,35 @@ def test_sigterm_under_load_then_the_outbox_resumes(
         assert gw.count("outbox") == 0
     finally:
         collector.close()
+
+
+def test_network_partition_to_the_upstream(
+    tmp_path: Path, local_broker: Broker, cloud_broker: Broker
+) -> None:
+    # iptables would need a network namespace of our own; a blackholing proxy drops the
+    # bytes just the same, on loopback, without privileges.
+    proxy = BlackholeProxy(cloud_broker.port)
+    config = faults_config(
+        tmp_path, sources=[fleet_source(local_broker.port)], upstream_port=proxy.port
+    )
+    gw = Gateway(tmp_path, config)
+    gw.start()
+    gw.wait_subscribed()
+    collector = FaultCollector(cloud_broker.host, cloud_broker.port)
+    try:
+        fleet = Fleet(local_broker, devices=10, duration=OUTAGE_S / 2 + 12, rate=400)
+        collector.wait_for(lambda c: len(c.messages) > 0, 30, "deliveries")
+        proxy.partition()
+        gw.wait_log("not acknowledged", timeout=30)  # found out by the ack timeout
+        time.sleep(OUTAGE_S / 2)  # the partition itself is the fault under test
+        proxy.heal()
+        summary = fleet.join(OUTAGE_S + 60)
+        wait_stored(gw, summary.sent, 60)
+        tally = reconcile(
+            "4 network partition", gw, collector, sent_keys(summary), upstream_timeout=90
+        )
+        assert gw.stop() == 0
+        assert tally.lost == 0
+    finally:
+        collector.close()
+        proxy.close()
