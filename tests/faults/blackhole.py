@@ -21,6 +21,8 @@ class BlackholeProxy:
         self.port = free_port()
         self._target = target_port
         self._partitioned = False
+        self.rate_bps: float | None = None
+        """When set, each direction forwards at most this many bytes per second (slow link)."""
         self._writers: set[asyncio.StreamWriter] = set()
         self._loop = asyncio.new_event_loop()
         self._ready = threading.Event()
@@ -64,6 +66,8 @@ class BlackholeProxy:
                 continue  # dropped on the wire
             dst.write(data)
             await dst.drain()
+            if self.rate_bps:
+                await asyncio.sleep(len(data) / self.rate_bps)
         with contextlib.suppress(OSError):
             dst.close()
 
@@ -75,6 +79,9 @@ class BlackholeProxy:
             for w in list(self._writers):
                 w.close()
             self._partitioned = False
+
+        self.rate_bps: float | None = None
+        """When set, each direction forwards at most this many bytes per second (slow link)."""
 
         self._loop.call_soon_threadsafe(close_all)
 

@@ -111,7 +111,8 @@ def reconcile(
     with collector._cond:
         delivered = collector.keys & sent
     duplicates = collector.duplicates
-    lost = len(sent - stored) + len(sent - delivered) - dropped
+    # A row dropped from the outbox while in flight may still arrive: never count below 0.
+    lost = len(sent - stored) + max(0, len(sent - delivered) - dropped)
     tally = Tally(
         scenario, len(sent), len(stored & sent), len(delivered), duplicates, dropped, lost
     )
@@ -148,6 +149,23 @@ class Gateway(GatewayProcess):
 
     def stored(self) -> int:
         return self.count("readings")
+
+
+def dropped_by_policy(gw: GatewayProcess) -> int:
+    """What the daemon's final status line says it dropped by its overflow policy."""
+    last = [line for line in gw.log().splitlines() if "stopped; totals:" in line][-1]
+    if "dropped by policy: " not in last:
+        return 0
+    counts = last.split("dropped by policy: ", 1)[1].split(", ")
+    return sum(int(c.rsplit(" ", 1)[1]) for c in counts)
+
+
+def rss_mb(pid: int) -> float:
+    with open(f"/proc/{pid}/status") as f:
+        for line in f:
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1]) / 1024
+    return 0.0
 
 
 def wait_stored(gw: Gateway, n: int, timeout: float, what: str = "") -> None:

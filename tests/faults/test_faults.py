@@ -6,6 +6,7 @@ duplicates upstream, dropped by policy and lost, which must be 0.
 
 from __future__ import annotations
 
+import os
 import threading
 import time
 from pathlib import Path
@@ -20,9 +21,11 @@ from tests.faults.support import (
     OUTAGE_S,
     FaultCollector,
     Gateway,
+    dropped_by_policy,
     faults_config,
     fleet_source,
     reconcile,
+    rss_mb,
     sent_keys,
     wait_stored,
 )
@@ -42,6 +45,9 @@ class Fleet:
 
     def _run(self, broker: Broker, kwargs: dict[str, object]) -> None:
         self.summary = run_fleet(broker.host, broker.port, stop=self.stop, **kwargs)  # type: ignore[arg-type]
+
+    def running(self) -> bool:
+        return self._thread.is_alive()
 
     def join(self, timeout: float) -> FleetSummary:
         self._thread.join(timeout)
@@ -229,6 +235,54 @@ def test_network_partition_to_the_upstream(
         )
         assert gw.stop() == 0
         assert tally.lost == 0
+    finally:
+        collector.close()
+        proxy.close()
+
+
+BURST_S = float(os.environ.get("FAULTS_BURST_S", "30"))
+NOMINAL_RATE = 200
+
+
+@pytest.mark.timeout(int(BURST_S * 4 + 240))
+def test_burst_at_ten_times_the_rate_with_a_slow_upstream(
+    tmp_path: Path, local_broker: Broker, cloud_broker: Broker
+) -> None:
+    proxy = BlackholeProxy(cloud_broker.port)
+    proxy.rate_bps = 100_000  # about 400 messages/s: far below the burst
+    config = faults_config(
+        tmp_path,
+        sources=[fleet_source(local_broker.port)],
+        upstream_port=proxy.port,
+        store={"outbox": {"max_rows": 5000}},
+    )
+    gw = Gateway(tmp_path, config)
+    gw.start()
+    gw.wait_subscribed()
+    collector = FaultCollector(cloud_broker.host, cloud_broker.port)
+    try:
+        assert gw.proc is not None
+        before = rss_mb(gw.proc.pid)
+        fleet = Fleet(local_broker, devices=20, duration=BURST_S, rate=10 * NOMINAL_RATE)
+        peak = before
+        while fleet.running():
+            peak = max(peak, rss_mb(gw.proc.pid))
+            time.sleep(0.5)
+        summary = fleet.join(60)
+        wait_stored(gw, summary.sent, 60)
+        print(f"\nburst: RSS {before:.0f} MB before, {peak:.0f} MB peak")
+        proxy.rate_bps = None
+        wait_until(lambda: gw.count("outbox") == 0, 120, "the outbox to drain")
+        assert gw.stop() == 0
+        dropped = dropped_by_policy(gw)
+        assert dropped > 0, "the burst should overflow the 5000-row outbox"
+        tally = reconcile(
+            "9 burst x10, slow upstream", gw, collector, sent_keys(summary), dropped=dropped
+        )
+        assert tally.lost == 0
+        assert tally.stored == tally.sent  # the store keeps every reading; the outbox sheds
+        assert peak < before + 200, f"RSS grew from {before:.0f} to {peak:.0f} MB"
+        assert "outbox_dropped" in gw.log()
     finally:
         collector.close()
         proxy.close()
