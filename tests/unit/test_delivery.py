@@ -11,6 +11,7 @@ import pytest
 from gateway.counters import Counters
 from gateway.model import Aggregate, Reading
 from gateway.sinks.payloads import MessageIds
+from gateway.status import status_line
 from gateway.store.config import StoreConfig
 from gateway.store.store import Store
 
@@ -214,3 +215,11 @@ async def test_pending_items_are_bounded_while_commits_fail(tmp_path: Path) -> N
         seqs = [r["seq"] for r in await store.query("SELECT seq FROM readings ORDER BY seq")]
         assert seqs == list(range(250 - len(seqs), 250))  # the newest were kept
         assert [r.msg_id for r in await store.outbox_take("up", 10)] == ["alert"]
+
+
+def test_the_status_line_reports_drops_by_policy() -> None:
+    counts = {("fleet", "readings"): 10, ("store", "outbox_dropped"): 4}
+    assert status_line(counts, {"up": 2}) == (
+        "fleet: 10 readings; outbox up: 2; dropped by policy: outbox_dropped 4"
+    )
+    assert "dropped" not in status_line({("fleet", "readings"): 10}, {"up": 0})
