@@ -219,6 +219,7 @@ class Store:
         self.on_first_drop: Callable[[str, int], None] | None = None
         """Told ``(counter, n)`` of the first overflow drop of each kind in this process."""
         self._ob_rows = 0  # outbox totals, writer thread only
+        self._taken: dict[str, frozenset[int]] = {}  # per sink, the rows in flight (writer thread)
         self._ob_bytes = 0
         self._wake = asyncio.Event()
 
@@ -645,7 +646,9 @@ class Store:
             " WHERE sink = ? ORDER BY priority, id LIMIT ?",
             (sink, limit),
         )
-        return [OutboxRow(*row) for row in cursor]
+        rows = [OutboxRow(*row) for row in cursor]
+        self._taken[sink] = frozenset(r.id for r in rows)  # overflow spares rows in flight
+        return rows
 
     def _outbox_bury(self, rows: Sequence[OutboxRow], sink: str, reason: str, now: float) -> None:
         db = self._database()
@@ -710,15 +713,20 @@ class Store:
         if over_rows <= 0 and over_bytes <= 0:
             return 0
         order = "priority DESC, id" if lim.overflow == "drop_oldest" else "priority = 0, id DESC"
-        dropped = 0
+        in_flight = frozenset().union(*self._taken.values())
+        dropped = skip = 0
         while over_rows > 0 or over_bytes > 0:
             chunk = max(over_rows, 256)
             ids: list[int] = []
             for row_id, size in conn.execute(
-                f"SELECT id, length(payload) FROM outbox ORDER BY {order} LIMIT ?", (chunk,)
+                f"SELECT id, length(payload) FROM outbox ORDER BY {order} LIMIT ? OFFSET ?",
+                (chunk, skip),
             ):
                 if over_rows <= 0 and over_bytes <= 0:
                     break
+                if row_id in in_flight:
+                    skip += 1
+                    continue
                 ids.append(row_id)
                 over_rows -= 1
                 over_bytes -= size or 0

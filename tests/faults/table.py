@@ -21,7 +21,7 @@ COLUMNS = ("scenario", "sent", "stored", "delivered", "duplicates", "dropped", "
 
 def render(rows: list[dict[str, object]]) -> str:
     widths = [max(len(c), *(len(str(r[c])) for r in rows)) for c in COLUMNS]
-    line = "+".join("-" * (w + 2) for w in widths)
+    line = "-|-".join("-" * w for w in widths)
     out = [
         " | ".join(c.ljust(w) for c, w in zip(COLUMNS, widths, strict=True)),
         line,
@@ -46,7 +46,15 @@ def main(argv: list[str]) -> int:
     if not rows:
         print("no scenario reported a result", file=sys.stderr)
         return rc or 1
-    rows.sort(key=lambda r: str(r["scenario"]))
+    merged: dict[str, dict[str, object]] = {}
+    for r in rows:  # a scenario run several times (hypothesis examples) is summed
+        name = str(r["scenario"])
+        if name in merged:
+            for c in COLUMNS[1:]:
+                merged[name][c] = int(merged[name][c]) + int(r[c])  # type: ignore[call-overload]
+        else:
+            merged[name] = dict(r)
+    rows = sorted(merged.values(), key=lambda r: str(r["scenario"]))
     print()
     print(render(rows))
     lost = sum(int(r["lost"]) for r in rows)  # type: ignore[call-overload]

@@ -16,7 +16,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from tests.conftest import Broker
-from tests.faults.support import Gateway, faults_config, fleet_source
+from tests.faults.support import FaultCollector, Gateway, faults_config, fleet_source, reconcile
 from tests.integration.harness import wait_until
 
 pytestmark = pytest.mark.integration
@@ -82,6 +82,7 @@ def test_fuzzed_payloads_end_to_end(
     )
     gw.start()
     gw.wait_subscribed()
+    collector = FaultCollector(cloud_broker.host, cloud_broker.port)
     client = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id=f"fuzzer-{workdir.name}")
     client.connect(local_broker.host, local_broker.port)
     client.loop_start()
@@ -94,11 +95,15 @@ def test_fuzzed_payloads_end_to_end(
             info.wait_for_publish(10)
         sentinels = "SELECT count(*) FROM readings WHERE device = 'sentinel'"
         wait_until(lambda: gw.query(sentinels) == [(len(batch),)], 30, "every sentinel stored")
+        sent = {("sentinel", "t", i) for i in range(1, len(batch) + 1)}
+        tally = reconcile("7 fuzz end to end (sentinels)", gw, collector, sent)
+        assert tally.lost == 0
         assert gw.proc is not None
         assert gw.proc.poll() is None, gw.log()[-3000:]
         assert gw.stop() == 0
         assert "Traceback" not in gw.log(), gw.log()[-3000:]
     finally:
+        collector.close()
         client.loop_stop()
         client.disconnect()
         if gw.proc is not None and gw.proc.poll() is None:

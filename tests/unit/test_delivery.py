@@ -223,3 +223,18 @@ def test_the_status_line_reports_drops_by_policy() -> None:
         "fleet: 10 readings; outbox up: 2; dropped by policy: outbox_dropped 4"
     )
     assert "dropped" not in status_line({("fleet", "readings"): 10}, {"up": 0})
+
+
+async def test_overflow_spares_the_rows_a_sink_is_sending(tmp_path: Path) -> None:
+    counters = Counters()
+    async with bounded(tmp_path, counters, outbox={"max_rows": 3}) as store:
+        for i in range(3):
+            store.add_outbox("up", f"r{i}", "r", b"1", 1, READING)
+        await store.flush()
+        in_flight = await store.outbox_take("up", 2)
+        for i in range(3, 5):
+            store.add_outbox("up", f"r{i}", "r", b"1", 1, READING)
+        await store.flush()
+        assert [r.msg_id for r in await store.outbox_take("up", 100)] == ["r0", "r1", "r4"]
+        assert [r.msg_id for r in in_flight] == ["r0", "r1"]
+    assert counters.get("store", "outbox_dropped") == 2
