@@ -32,7 +32,10 @@ class Intake:
         self.open = True
 
     def accept(self, readings: list[Reading]) -> None:
-        if not self.open or not readings:
+        if not readings:
+            return
+        if not self.open:  # shutting down: MQTT redelivers (never acked); serial lines are lost
+            self._counters.inc(readings[0].source, "dropped_at_shutdown", len(readings))
             return
         self._store.add_readings(readings)
         source = readings[0].source

@@ -9,6 +9,7 @@ from pathlib import Path
 import pytest
 
 from gateway.counters import Counters
+from gateway.intake import Intake
 from gateway.model import Aggregate, Reading
 from gateway.sinks.payloads import MessageIds
 from gateway.status import status_line
@@ -238,3 +239,17 @@ async def test_overflow_spares_the_rows_a_sink_is_sending(tmp_path: Path) -> Non
         assert [r.msg_id for r in await store.outbox_take("up", 100)] == ["r0", "r1", "r4"]
         assert [r.msg_id for r in in_flight] == ["r0", "r1"]
     assert counters.get("store", "outbox_dropped") == 2
+
+
+async def test_a_closed_intake_counts_what_it_turns_away_and_never_confirms(
+    store: Store,
+) -> None:
+    counters = Counters()
+    intake = Intake(store, {}, counters, lambda: NOW)
+    intake.open = False
+    confirmed: list[int] = []
+    intake.accept([reading(1, 1), reading(2, 2)])
+    intake.when_committed(lambda: confirmed.append(1))
+    await store.flush()
+    assert counters.get("mqtt", "dropped_at_shutdown") == 2
+    assert confirmed == []  # so an MQTT message is not acknowledged, and comes back
