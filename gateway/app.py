@@ -28,6 +28,7 @@ from gateway.sinks.resilience import Backoff
 from gateway.sources.base import Source
 from gateway.sources.mqtt import MqttSource
 from gateway.sources.serial import SerialSource
+from gateway.sources.silence import SilenceWatch
 from gateway.store.store import Store
 
 log = logging.getLogger("gateway.app")
@@ -96,10 +97,10 @@ class Gateway:
             self.pipelines.append(Pipeline(p.id, subject, subscription))
             for source_id in p.from_:
                 routes.setdefault(source_id, []).append(subject.on_next)
-        self._route_overflow_alerts(ids)
+        self._gateway_alerts = self._route_overflow_alerts(ids)
         return routes
 
-    def _route_overflow_alerts(self, ids: MessageIds) -> None:
+    def _route_overflow_alerts(self, ids: MessageIds) -> Router:
         """The first drop by an overflow policy raises an alert, stored and sent to every sink
         (alerts go first and are dropped last, so it gets through)."""
         gateway = self.config.gateway.id
@@ -127,6 +128,7 @@ class Gateway:
             )
 
         self.store.on_first_drop = raise_alert
+        return router
 
     async def run(self, stop: asyncio.Event) -> None:
         """Run until ``stop`` is set, then drain and return."""
@@ -145,6 +147,13 @@ class Gateway:
                 tg.create_task(_supervised(f"sink:{f.sink_id}", f.run), name=f"sink:{f.sink_id}")
                 for f in self.forwarders
             ]
+            timeouts = {
+                s.id: s.silent_after for s in self.config.sources if s.silent_after is not None
+            }
+            watch = SilenceWatch(
+                timeouts, intake.last_seen, self._gateway_alerts, time.time, self.config.gateway.id
+            )
+            silence_task = tg.create_task(watch.run(), name="silence")
             status_task = tg.create_task(
                 status.report(
                     self.counters,
@@ -165,7 +174,7 @@ class Gateway:
             await stop.wait()
             log.info("stopping: closing sources, flushing pipelines and store")
             intake.open = False
-            await _cancel([status_task, *source_tasks])
+            await _cancel([status_task, silence_task, *source_tasks])
             for p in self.pipelines:
                 p.subject.on_completed()  # flushes open windows into the store and outbox
             await self.store.flush()

@@ -30,6 +30,8 @@ class Intake:
         self._clock = clock
         self._warn = RateLimitedLog(log, warn_interval)
         self.open = True
+        self.last_seen: dict[str, float] = {}
+        """When each source last delivered readings (for the silence watchdog)."""
 
     def accept(self, readings: list[Reading]) -> None:
         if not readings:
@@ -39,6 +41,7 @@ class Intake:
             return
         self._store.add_readings(readings)
         source = readings[0].source
+        self.last_seen[source] = self._clock()
         self._counters.inc(source, "readings", len(readings))
         for push in self._routes.get(source, ()):
             for reading in readings:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import getpass
 import os
 import shutil
 import signal
@@ -58,6 +59,9 @@ class Broker:
         conf.write_text(
             f"listener {self.port} 127.0.0.1\n"
             "allow_anonymous true\n"
+            # as root mosquitto would switch to its own user, which cannot write its
+            # persistence file into our tmp dir: sessions would not survive a restart
+            f"user {getpass.getuser()}\n"
             f"{persist}"
             "max_queued_messages 100000\n"
             "max_inflight_messages 100\n"

@@ -103,6 +103,9 @@ class MqttSourceConfig(StrictModel):
     session_expiry: Duration = Field(
         86400.0, ge=0, description="how long the broker keeps our session while we are away"
     )
+    silent_after: Duration | None = Field(
+        None, gt=0, description="alert when no reading arrived for this long (off if unset)"
+    )
     receive_maximum: int = Field(
         2000, ge=1, le=65535, description="unacknowledged messages the broker may send us"
     )

@@ -145,6 +145,7 @@ def test_serial_port_closed_and_reopened_with_garbage(tmp_path: Path, cloud_brok
         "format": {"type": "csv", "columns": ["device", "metric", "value", "ts", "seq"]},
         "reconnect": {"initial": "0.1s", "max": "0.5s"},
         "max_line_bytes": 1024,
+        "silent_after": "1s",
     }
     gw = Gateway(
         tmp_path, faults_config(tmp_path, sources=[source], upstream_port=cloud_broker.port)
@@ -158,6 +159,8 @@ def test_serial_port_closed_and_reopened_with_garbage(tmp_path: Path, cloud_brok
         )
         device.write_raw(b"dev-000,pressure,1.0")  # a partial line, cut by the unplug
         wait_stored(gw, first.sent, 30)
+        silence = "SELECT state FROM alerts WHERE kind = 'silence' ORDER BY rowid"
+        wait_until(lambda: gw.query(silence) == [("raised",)], 15, "a silence alert")
         device.unplug()
         gw.wait_log("closed")
         device.replug()
@@ -172,6 +175,13 @@ def test_serial_port_closed_and_reopened_with_garbage(tmp_path: Path, cloud_brok
         tally = reconcile("6 serial reopen + garbage", gw, collector, sent)
         assert gw.stop() == 0
         assert tally.lost == 0
+        # silent after the first run, speaking again in the second (and maybe silent after)
+        assert gw.query(silence)[:2] == [("raised",), ("cleared",)]
+        alerts = collector.of_kind("alert")
+        assert {(a["detector"], a["state"]) for a in alerts} >= {
+            ("silence", "raised"),
+            ("silence", "cleared"),
+        }
         reasons = dict(gw.query("SELECT reason, count(*) FROM dead_letters GROUP BY reason"))
         assert reasons.get("line_too_long", 0) >= 2, reasons
         assert sum(reasons.values()) >= first.bad + second.bad

@@ -12,6 +12,7 @@ from gateway.counters import Counters
 from gateway.intake import Intake
 from gateway.model import Aggregate, Reading
 from gateway.sinks.payloads import MessageIds
+from gateway.sources.silence import SilenceWatch
 from gateway.status import status_line
 from gateway.store.config import StoreConfig
 from gateway.store.store import Store
@@ -253,3 +254,27 @@ async def test_a_closed_intake_counts_what_it_turns_away_and_never_confirms(
     await store.flush()
     assert counters.get("mqtt", "dropped_at_shutdown") == 2
     assert confirmed == []  # so an MQTT message is not acknowledged, and comes back
+
+
+def test_a_silent_source_raises_one_alert_and_clears_it_when_it_speaks_again() -> None:
+    now = [NOW]
+    last_seen: dict[str, float] = {}
+    alerts: list[tuple[str, str]] = []
+    watch = SilenceWatch(
+        {"boiler": 30.0},
+        last_seen,
+        lambda a: alerts.append((a.device, a.state)),
+        lambda: now[0],
+        "gw",
+    )
+    now[0] += 29
+    watch.check()
+    assert alerts == []
+    now[0] += 2
+    watch.check()
+    watch.check()
+    assert alerts == [("boiler", "raised")]  # once per silence
+    last_seen["boiler"] = now[0]
+    now[0] += 1
+    watch.check()
+    assert alerts == [("boiler", "raised"), ("boiler", "cleared")]
