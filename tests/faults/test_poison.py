@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -14,7 +15,7 @@ from gateway.sinks.forwarder import Forwarder
 from gateway.sinks.mqtt import MqttPublisher, MqttSinkConfig
 from gateway.sinks.resilience import Backoff
 from gateway.store.config import StoreConfig
-from gateway.store.store import Store
+from gateway.store.store import PRIORITY_ALERT, PRIORITY_READING, Store
 from tests.faults.conftest import PersistentBroker
 from tests.integration.harness import Collector
 
@@ -94,3 +95,52 @@ async def test_refused_and_oversized_messages_are_dead_lettered_and_the_rest_flo
         assert counters.get("up", "refused") == 3
     finally:
         collector.close()
+
+
+async def test_a_paced_backlog_lets_a_new_alert_go_first(
+    strict_broker: PersistentBroker, store: Store
+) -> None:
+    collector = Collector(strict_broker.host, strict_broker.port, "site/#")
+    order: list[str] = []
+    first = asyncio.Event()
+    loop = asyncio.get_running_loop()
+
+    def on_message(_c: object, _u: object, msg: Any) -> None:  # paho's thread
+        order.append(msg.topic)
+        loop.call_soon_threadsafe(first.set)
+
+    collector._client.on_message = on_message
+    config = MqttSinkConfig.model_validate(
+        {"type": "mqtt", "id": "up", "broker": {"port": strict_broker.port}, "drain_rate": 100}
+    )
+    forwarder = Forwarder(
+        "up",
+        store,
+        MqttPublisher(config, "pacing-test"),
+        Counters(),
+        batch=500,
+        backoff=Backoff(0.01, 0.05),
+        breaker_failures=5,
+        breaker_cooldown=0.1,
+        drain_rate=config.drain_rate,
+    )
+    for i in range(300):  # a backlog of readings, oldest first
+        store.add_outbox("up", f"r{i}", "site/ok/reading", b"{}", 1, PRIORITY_READING)
+    await store.flush()
+    task = asyncio.create_task(forwarder.run())
+    try:
+        async with asyncio.timeout(20):
+            await first.wait()
+            store.add_outbox("up", "alert", "site/ok/alert", b"{}", 1, PRIORITY_ALERT)
+            await store.flush()
+            while await store.outbox_depth("up"):
+                forwarder.idle.clear()
+                await forwarder.idle.wait()
+    finally:
+        task.cancel()
+        await forwarder.close()
+        collector.close()
+    # 100/s in batches of 100: the alert, queued after the first delivery, goes out after at
+    # most one more batch, long before the 300-row backlog has drained.
+    assert len(order) == 301
+    assert order.index("site/ok/alert") <= 200
