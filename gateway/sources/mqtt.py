@@ -33,6 +33,9 @@ from gateway.sources.codecs import Format, JsonFormat, build_decoder
 log = logging.getLogger("gateway.sources.mqtt")
 
 CONNECT_TIMEOUT = 30.0
+TOPIC_CACHE_SIZE = 100_000
+"""Topics whose match is remembered (devices x metrics; a flood of new topics just misses)."""
+_UNEXPECTED: tuple[str | None, str | None] = ("\0", "\0")
 
 _PLACEHOLDER = re.compile(r"^\{(device|metric)\}$")
 
@@ -200,6 +203,7 @@ class MqttSource:
         self.config = config
         self.patterns = [TopicPattern.parse(t) for t in config.topics]
         self.client_id = config.broker.client_id or f"{gateway_id}-{config.id}"
+        self._topics: dict[str, tuple[str | None, str | None]] = {}  # topic -> device, metric
         self.connected = asyncio.Event()
 
     def route(self, decoding: Decoding, intake: Intake, topic: str, payload: bytes) -> None:
@@ -207,12 +211,22 @@ class MqttSource:
         if len(payload) > self.config.max_payload_bytes:
             intake.reject(self.id, "too_large", f"{len(payload)} bytes on {topic}", payload[:1024])
             return
+        where = self._topics.get(topic)
+        if where is None:
+            where = self._match(topic)
+            if len(self._topics) < TOPIC_CACHE_SIZE:
+                self._topics[topic] = where
+        if where is _UNEXPECTED:
+            intake.reject(self.id, "unexpected_topic", topic, payload)
+        else:
+            decoding.feed(payload, where[0], where[1])
+
+    def _match(self, topic: str) -> tuple[str | None, str | None]:
         for pattern in self.patterns:
             matched, device, metric = pattern.extract(topic)
             if matched:
-                decoding.feed(payload, device, metric)
-                return
-        intake.reject(self.id, "unexpected_topic", topic, payload)
+                return device, metric
+        return _UNEXPECTED
 
     async def run(self, intake: Intake) -> None:
         cfg = self.config

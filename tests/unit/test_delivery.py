@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import sqlite3
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 
 import pytest
@@ -12,6 +12,9 @@ from gateway.counters import Counters
 from gateway.intake import Intake
 from gateway.model import Aggregate, Reading
 from gateway.sinks.payloads import MessageIds
+from gateway.sources.base import Decoding
+from gateway.sources.codecs import build_decoder
+from gateway.sources.mqtt import MqttSource, MqttSourceConfig
 from gateway.sources.silence import SilenceWatch
 from gateway.status import status_line
 from gateway.store.config import StoreConfig
@@ -278,3 +281,38 @@ def test_a_silent_source_raises_one_alert_and_clears_it_when_it_speaks_again() -
     now[0] += 1
     watch.check()
     assert alerts == [("boiler", "raised"), ("boiler", "cleared")]
+
+
+class RecordingIntake:
+    """The intake protocol, keeping what it is given."""
+
+    def __init__(self) -> None:
+        self.readings: list[Reading] = []
+        self.rejected: list[str] = []
+
+    def accept(self, readings: list[Reading]) -> None:
+        self.readings += readings
+
+    def reject(self, source: str, reason: str, detail: str, raw: bytes) -> None:
+        self.rejected.append(reason)
+
+    def when_committed(self, callback: Callable[[], None]) -> None:
+        callback()
+
+
+def test_mqtt_topics_are_matched_once_and_remembered() -> None:
+    config = MqttSourceConfig.model_validate(
+        {"type": "mqtt", "id": "fleet", "topics": ["sensors/{device}/{metric}"]}
+    )
+    source = MqttSource(config, "gw")
+    intake = RecordingIntake()
+    decoding = Decoding("fleet", build_decoder(config.format), intake)
+    for value in (1, 2):
+        source.route(decoding, intake, "sensors/p1/temp", b'{"value": %d, "ts": 1}' % value)
+    source.route(decoding, intake, "other/p1", b'{"value": 3, "ts": 1}')
+    source.route(decoding, intake, "other/p1", b'{"value": 3, "ts": 1}')
+    assert [(r.device, r.metric, r.value) for r in intake.readings] == [
+        ("p1", "temp", 1.0),
+        ("p1", "temp", 2.0),
+    ]
+    assert intake.rejected == ["unexpected_topic", "unexpected_topic"]
