@@ -97,12 +97,12 @@ class Gateway:
             self.pipelines.append(Pipeline(p.id, subject, subscription))
             for source_id in p.from_:
                 routes.setdefault(source_id, []).append(subject.on_next)
-        self._gateway_alerts = self._route_overflow_alerts(ids)
+        self._gateway_alerts = self._gateway_alert_router(ids)
         return routes
 
-    def _route_overflow_alerts(self, ids: MessageIds) -> Router:
-        """The first drop by an overflow policy raises an alert, stored and sent to every sink
-        (alerts go first and are dropped last, so it gets through)."""
+    def _gateway_alert_router(self, ids: MessageIds) -> Router:
+        """A router for the gateway's own alerts (overflow, silence) to every sink; the first
+        drop by an overflow policy raises one (alerts go first and are dropped last)."""
         gateway = self.config.gateway.id
         targets = [
             Target(s.id, s.topics.reading, s.topics.aggregate, s.topics.alert, s.qos)
@@ -150,9 +150,7 @@ class Gateway:
             timeouts = {
                 s.id: s.silent_after for s in self.config.sources if s.silent_after is not None
             }
-            watch = SilenceWatch(
-                timeouts, intake.last_seen, self._gateway_alerts, time.time, self.config.gateway.id
-            )
+            watch = SilenceWatch(timeouts, intake.last_seen, self._gateway_alerts, time.time)
             silence_task = tg.create_task(watch.run(), name="silence")
             status_task = tg.create_task(
                 status.report(

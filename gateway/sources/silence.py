@@ -22,13 +22,11 @@ class SilenceWatch:
         last_seen: Mapping[str, float],
         emit: Callable[[Alert], None],
         clock: Callable[[], float],
-        gateway: str,
     ) -> None:
         self._timeouts = dict(timeouts)
         self._last_seen = last_seen
         self._emit = emit
         self._clock = clock
-        self._gateway = gateway
         self._started = clock()
         self.silent: set[str] = set()
 

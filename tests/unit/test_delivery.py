@@ -268,7 +268,6 @@ def test_a_silent_source_raises_one_alert_and_clears_it_when_it_speaks_again() -
         last_seen,
         lambda a: alerts.append((a.device, a.state)),
         lambda: now[0],
-        "gw",
     )
     now[0] += 29
     watch.check()
