@@ -28,7 +28,7 @@ from gateway.counters import Counters
 from gateway.health import Monitor, Verdict, watch
 from gateway.intake import Intake
 from gateway.metrics import MetricsServer
-from gateway.model import Reading, Record
+from gateway.model import Alert, Reading, Record
 from gateway.pipeline.metering import Meters
 from gateway.pipeline.steps import compile_steps
 from gateway.presence import Presence
@@ -40,6 +40,7 @@ from gateway.sinks.resilience import Backoff, BreakerState
 from gateway.sources.base import Source
 from gateway.sources.mqtt import MqttSource
 from gateway.sources.serial import SerialSource
+from gateway.sources.silence import SilenceWatch
 from gateway.store.store import Store
 from gateway.systemd import Notifier, watchdog_interval
 from gateway.web.live import LiveFeed
@@ -169,6 +170,9 @@ class Gateway:
             backoff=Backoff(sink.broker.reconnect.initial, sink.broker.reconnect.max),
             breaker_failures=sink.breaker.failures,
             breaker_cooldown=sink.breaker.cooldown,
+            max_message_bytes=sink.max_message_bytes,
+            max_attempts=sink.max_attempts,
+            drain_rate=sink.drain_rate,
         )
 
     def _pipeline(self, config: Config, p: PipelineConfig) -> Pipeline:
@@ -196,6 +200,36 @@ class Gateway:
             for src in self.config.sources:
                 routes.setdefault(src.id, []).append(self.live.tap)
         return routes
+
+    def _gateway_alert_router(self) -> Router:
+        """A router for the gateway's own alerts (overflow, silence) to every sink; the first
+        drop by an overflow policy raises one (alerts go first and are dropped last)."""
+        gateway = self.config.gateway.id
+        targets = [
+            Target(s.id, s.topics.reading, s.topics.aggregate, s.topics.alert, s.qos)
+            for s in self.config.sinks
+        ]
+        router = Router(gateway, "gateway", self.store, targets, self.ids, ["alerts"])
+
+        def raise_alert(counter: str, n: int) -> None:
+            router(
+                Alert(
+                    "gateway",
+                    "store",
+                    gateway,
+                    counter,
+                    "overflow",
+                    "raised",
+                    "critical",
+                    time.time(),
+                    float(n),
+                    0.0,
+                    f"{n} items dropped by the overflow policy ({counter}); more are counted",
+                )
+            )
+
+        self.store.on_first_drop = raise_alert
+        return router
 
     def _start(self, name: str, factory: Callable[[], Awaitable[None]]) -> None:
         assert self._tg is not None
@@ -257,6 +291,13 @@ class Gateway:
                 self._start_source(self._source(self.config, s.id))
             for sink in self.config.sinks:
                 self._start_sink(self._forwarder(sink), sink)
+            timeouts = {
+                s.id: s.silent_after for s in self.config.sources if s.silent_after is not None
+            }
+            silence = SilenceWatch(
+                timeouts, self._intake.last_seen, self._gateway_alert_router(), time.time
+            )
+            silence_task = tg.create_task(silence.run(), name="silence")
             status_task = tg.create_task(
                 status.report(
                     self.counters, self.store, self.forwarders, self.config.gateway.status_interval
@@ -296,7 +337,7 @@ class Gateway:
             self.notifier.stopping()
             log.info("stopping: closing sources, flushing pipelines and store")
             self._intake.open = False
-            await _cancel([reload_task, status_task, health_task, *web_tasks])
+            await _cancel([reload_task, status_task, health_task, silence_task, *web_tasks])
             await self._stop_tasks([n for n in self._tasks if n.startswith("source:")])
             for running in self.pipelines.values():
                 running.subject.on_completed()  # flushes open windows into the store and outbox

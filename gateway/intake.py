@@ -52,9 +52,14 @@ class Intake:
         """Apply (new) limits; devices already accepted stay accepted."""
         self._limits = limits
         self._device_ok = re.compile(limits.device_pattern).match
+        self.last_seen: dict[str, float] = {}
+        """When each source last delivered readings (for the silence watchdog)."""
 
     def accept(self, readings: list[Reading]) -> None:
-        if not self.open or not readings:
+        if not readings:
+            return
+        if not self.open:  # shutting down: MQTT redelivers (never acked); serial lines are lost
+            self._counters.inc(readings[0].source, "dropped_at_shutdown", len(readings))
             return
         source = readings[0].source
         self._counters.inc(source, "messages")
@@ -74,6 +79,7 @@ class Intake:
                     return
                 break
         self._store.add_readings(readings)
+        self.last_seen[source] = self._clock()
         self._counters.inc(source, "readings", len(readings))
         for push in self.routes.get(source, ()):
             for reading in readings:
@@ -104,6 +110,10 @@ class Intake:
     def _refuse(self, source: str, reason: str, detail: str, readings: list[Reading]) -> None:
         raw = orjson.dumps([[r.device, r.metric, r.value, r.ts] for r in readings[:100]])
         self._dead_letter(source, reason, detail, raw)
+
+    def when_committed(self, callback: Callable[[], None]) -> None:
+        if self.open:
+            self._store.when_committed(callback)
 
     def reject(self, source: str, reason: str, detail: str, raw: bytes) -> None:
         self._counters.inc(source, "messages")

@@ -205,7 +205,9 @@ class StdoutOutputs:
     def add_dead_letter(self, source: str, reason: str, detail: str, raw: bytes, ts: float) -> None:
         self.dead_letters += 1
 
-    def add_outbox(self, sink: str, msg_id: str, topic: str, payload: bytes, qos: int) -> None:
+    def add_outbox(
+        self, sink: str, msg_id: str, topic: str, payload: bytes, qos: int, priority: int = 0
+    ) -> None:
         self.messages += 1
         self.out.write(b'{"topic":' + orjson.dumps(topic) + b',"payload":' + payload + b"}\n")
 

@@ -11,6 +11,7 @@ import orjson
 from gateway.model import Aggregate, Alert, Message, Reading, Record
 from gateway.sinks.payloads import MessageIds, encode
 from gateway.sinks.topics import render
+from gateway.store.store import PRIORITY_AGGREGATE, PRIORITY_ALERT, PRIORITY_READING
 
 
 class Outputs(Protocol):
@@ -20,7 +21,9 @@ class Outputs(Protocol):
 
     def add_alert(self, alert: Alert) -> None: ...
 
-    def add_outbox(self, sink: str, msg_id: str, topic: str, payload: bytes, qos: int) -> None: ...
+    def add_outbox(
+        self, sink: str, msg_id: str, topic: str, payload: bytes, qos: int, priority: int = ...
+    ) -> None: ...
 
     def add_dead_letter(
         self, source: str, reason: str, detail: str, raw: bytes, ts: float
@@ -84,13 +87,13 @@ class Router:
             return
         for target in self._targets:
             if isinstance(record, Reading):
-                template, source = target.reading_topic, record.source
+                template, source, priority = target.reading_topic, record.source, PRIORITY_READING
             elif isinstance(record, Aggregate):
-                template, source = target.aggregate_topic, ""
+                template, source, priority = target.aggregate_topic, "", PRIORITY_AGGREGATE
             elif isinstance(record, Message):
-                template, source = record.topic or "", ""
+                template, source, priority = record.topic or "", "", PRIORITY_ALERT
             else:
-                template, source = target.alert_topic, ""
+                template, source, priority = target.alert_topic, "", PRIORITY_ALERT
             topic = render(
                 template,
                 {
@@ -105,6 +108,6 @@ class Router:
                     else type(record).__name__.lower(),
                 },
             )
-            msg_id = self._ids.next()
+            msg_id = self._ids.for_record(record, self._pipeline, target.sink)
             payload = encode(record, msg_id, self._gateway, self._pipeline)
-            self._store.add_outbox(target.sink, msg_id, topic, payload, target.qos)
+            self._store.add_outbox(target.sink, msg_id, topic, payload, target.qos, priority)

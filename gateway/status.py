@@ -27,6 +27,15 @@ def status_line(counts: Mapping[tuple[str, str], int], outbox: Mapping[str, int]
             text += f", {sum(rejected.values())} rejected ({detail})"
         parts.append(text)
     parts += [f"outbox {sink}: {depth}" for sink, depth in sorted(outbox.items())]
+    drops = {
+        name: n
+        for (component, name), n in counts.items()
+        if component == "store" and name in ("pending_dropped", "outbox_dropped", "outbox_expired")
+    }
+    if drops:
+        parts.append(
+            "dropped by policy: " + ", ".join(f"{k} {v}" for k, v in sorted(drops.items()))
+        )
     return "; ".join(parts) or "idle"
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import getpass
 import os
 import shutil
 import signal
@@ -64,13 +65,14 @@ class Broker:
         conf.write_text(
             f"listener {self.port} 127.0.0.1\n"
             "allow_anonymous true\n"
+            # as root mosquitto would switch to its own user, which cannot write its
+            # persistence file into our tmp dir: sessions would not survive a restart
+            f"user {getpass.getuser()}\n"
             f"{persist}"
             "max_queued_messages 100000\n"
             "max_inflight_messages 100\n"
             "log_dest stderr\n"
-            "log_type error\n" + ("user root\n" if os.geteuid() == 0 else "")
-            # As root, mosquitto drops to its own user, which cannot write the persistence
-            # file into the test's private directory: the session would be lost on restart.
+            "log_type error\n"
         )
         log = open(self.workdir / f"mosquitto-{self.port}.log", "ab")  # noqa: SIM115
         self.proc = subprocess.Popen([MOSQUITTO, "-c", str(conf)], stdout=log, stderr=log)

@@ -1,18 +1,26 @@
-"""Upstream MQTT sink: its config and a publisher that reports per-message acknowledgement."""
+"""Upstream MQTT sink: its config and a publisher that reports each message's PUBACK.
+
+The publisher speaks MQTT v5 through paho on the asyncio loop, so every PUBACK carries a
+reason code: a failure code (e.g. 0x87 not authorized, 0x97 quota exceeded) is a refusal,
+not a delivery. aiomqtt 2.5 resolves ``publish`` on any PUBACK, so it is not used here.
+"""
 
 from __future__ import annotations
 
 import asyncio
-import contextlib
 from collections.abc import Sequence
-from typing import Literal
+from typing import Any, Literal
 
-import aiomqtt
+import paho.mqtt.client as mqtt
+from paho.mqtt.enums import CallbackAPIVersion, MQTTErrorCode
+from paho.mqtt.reasoncodes import ReasonCode
 from pydantic import Field
 
 from gateway.config.mqtt import MqttBroker, tls_context
 from gateway.config.types import Duration, StrictModel
 from gateway.errors import SinkError
+from gateway.mqttio import PahoDriver
+from gateway.sinks.forwarder import Outcome
 from gateway.sinks.topics import TopicTemplate
 from gateway.store.store import OutboxRow
 
@@ -47,56 +55,115 @@ class MqttSinkConfig(StrictModel):
     drain_timeout: Duration = Field(
         5.0, description="at shutdown, how long to try to empty the outbox"
     )
+    max_message_bytes: int = Field(
+        256 * 1024,
+        ge=64,
+        description="topic + payload above this go to dead_letters without being sent",
+    )
+    max_attempts: int = Field(
+        10, ge=1, description="refused or unconfirmed sends of one message before it is dead"
+    )
+    max_inflight: int = Field(100, ge=1, le=65535)
+    drain_rate: float | None = Field(
+        None, gt=0, description="messages per second at most (a backlog drains no faster)"
+    )
 
 
 class MqttPublisher:
-    """One connection to the upstream broker (aiomqtt); publishes a batch, reports acks."""
+    """One MQTT v5 connection to the upstream broker; publishes a batch, reports outcomes."""
 
     def __init__(self, config: MqttSinkConfig, client_id: str) -> None:
         self._config = config
         self._client_id = client_id
-        self._stack: contextlib.AsyncExitStack | None = None
-        self._client: aiomqtt.Client | None = None
+        self._driver: PahoDriver | None = None
+        self._pending: dict[int, asyncio.Future[Outcome]] = {}
+        self.broker_max_packet: int | None = None
+        """The broker's Maximum Packet Size from CONNACK, if it sent one."""
 
     async def connect(self) -> None:
-        b = self._config.broker
-        client = aiomqtt.Client(
-            b.host,
-            b.port,
-            identifier=self._client_id,
-            username=b.username,
-            password=b.password,
-            keepalive=b.keepalive,
-            tls_context=tls_context(b),
-            timeout=self._config.ack_timeout,
-            max_inflight_messages=100,
+        cfg, b = self._config, self._config.broker
+        client = mqtt.Client(
+            CallbackAPIVersion.VERSION2, client_id=self._client_id, protocol=mqtt.MQTTv5
         )
-        client.pending_calls_threshold = 100_000  # a batch in flight is normal here, not a leak
-        stack = contextlib.AsyncExitStack()
+        if b.username is not None:
+            client.username_pw_set(b.username, b.password)
+        if (context := tls_context(b)) is not None:
+            client.tls_set_context(context)
+        client.max_inflight_messages_set(cfg.max_inflight)
+        connack: asyncio.Future[ReasonCode] = asyncio.get_running_loop().create_future()
+
+        def on_connect(_c: mqtt.Client, _u: Any, _f: Any, rc: ReasonCode, props: Any) -> None:
+            self.broker_max_packet = getattr(props, "MaximumPacketSize", None)
+            if not connack.done():
+                connack.set_result(rc)
+
+        client.on_connect = on_connect
+        client.on_publish = self._on_publish
+        client.on_disconnect = self._on_disconnect
+        driver = PahoDriver(client)
+        self._driver = driver
         try:
-            await stack.enter_async_context(client)
-        except aiomqtt.MqttError as exc:
+            await driver.connect(b.host, b.port, b.keepalive, clean_start=True)
+            await asyncio.wait(
+                (connack, driver.lost), timeout=cfg.ack_timeout, return_when=asyncio.FIRST_COMPLETED
+            )
+        except OSError as exc:
+            await self.close()
             raise SinkError(f"cannot connect to {b.host}:{b.port}: {exc}") from exc
-        self._stack, self._client = stack, client
+        if not connack.done() or connack.result().is_failure:
+            why = connack.result() if connack.done() else "no CONNACK"
+            await self.close()
+            raise SinkError(f"{b.host}:{b.port} refused the connection: {why}")
+
+    def _on_publish(
+        self, _c: mqtt.Client, _u: Any, mid: int, rc: ReasonCode, _p: Any = None
+    ) -> None:
+        fut = self._pending.pop(mid, None)
+        if fut is not None and not fut.done():
+            fut.set_result(Outcome.REFUSED if rc.is_failure else Outcome.ACKED)
+
+    def _on_disconnect(self, *_: Any) -> None:
+        self._fail_pending()
+
+    def _fail_pending(self) -> None:
+        pending, self._pending = self._pending, {}
+        for fut in pending.values():
+            if not fut.done():
+                fut.set_result(Outcome.UNCONFIRMED)
 
     async def close(self) -> None:
-        stack, self._stack, self._client = self._stack, None, None
-        if stack is not None:
-            with contextlib.suppress(aiomqtt.MqttError, OSError, asyncio.TimeoutError):
-                await asyncio.wait_for(stack.aclose(), 2.0)
+        driver, self._driver = self._driver, None
+        if driver is not None:
+            driver.close()
+        self._fail_pending()
 
     @property
     def connected(self) -> bool:
-        return self._client is not None
+        return self._driver is not None and not self._driver.lost.done()
 
-    async def publish(self, rows: Sequence[OutboxRow]) -> list[bool]:
-        """Publish in order; ``True`` for each row the broker acknowledged."""
-        client = self._client
-        if client is None:
+    async def publish(self, rows: Sequence[OutboxRow]) -> list[Outcome]:
+        """Publish in order; one outcome per row."""
+        driver = self._driver
+        if driver is None or driver.lost.done():
             raise SinkError("not connected")
-        retain = self._config.retain
-        results = await asyncio.gather(
-            *(client.publish(r.topic, r.payload, qos=r.qos, retain=retain) for r in rows),
-            return_exceptions=True,
-        )
-        return [not isinstance(res, BaseException) for res in results]
+        client, retain = driver.client, self._config.retain
+        loop = asyncio.get_running_loop()
+        futures: list[asyncio.Future[Outcome]] = []
+        for r in rows:
+            fut: asyncio.Future[Outcome] = loop.create_future()
+            info = client.publish(r.topic, r.payload, qos=r.qos, retain=retain)
+            if (
+                info.rc == MQTTErrorCode.MQTT_ERR_SUCCESS
+                or info.rc == MQTTErrorCode.MQTT_ERR_NO_CONN
+            ):
+                self._pending[info.mid] = fut
+            else:
+                fut.set_result(Outcome.UNCONFIRMED)
+            futures.append(fut)
+            if driver.lost.done():
+                self._fail_pending()
+        await asyncio.wait(futures, timeout=self._config.ack_timeout)
+        outcomes = [f.result() if f.done() else Outcome.UNCONFIRMED for f in futures]
+        for f in futures:
+            f.cancel()
+        return outcomes

@@ -1,11 +1,14 @@
 """The JSON documents published upstream, one schema per record kind (see README).
 
 Every document carries ``id``: unique per message and kept across resends, so subscribers
-de-duplicate by it.
+de-duplicate by it. A forwarded reading's id is derived from its idempotency key (source,
+device, metric and seq, or ts and value without a seq) plus pipeline and sink, so a reading
+the local broker redelivers after a crash is published again under the same id.
 """
 
 from __future__ import annotations
 
+import hashlib
 import itertools
 import os
 
@@ -25,6 +28,14 @@ class MessageIds:
 
     def next(self) -> str:
         return f"{self._boot}-{next(self._counter)}"
+
+    def for_record(self, record: Record, pipeline: str, sink: str) -> str:
+        """A reading's id is a function of its idempotency key; other records get ``next``."""
+        if not isinstance(record, Reading):
+            return self.next()
+        tail = str(record.seq) if record.seq is not None else f"{record.ts!r}/{record.value!r}"
+        key = f"{pipeline}\0{sink}\0{record.source}\0{record.device}\0{record.metric}\0{tail}"
+        return "r-" + hashlib.blake2b(key.encode(), digest_size=16).hexdigest()
 
 
 def kind_of(record: Record) -> str:

@@ -18,6 +18,11 @@ class Intake(Protocol):
 
     def reject(self, source: str, reason: str, detail: str, raw: bytes) -> None: ...
 
+    def when_committed(self, callback: Callable[[], None]) -> None:
+        """Call ``callback`` once everything delivered so far is durably stored (never, if
+        the intake closes first)."""
+        ...
+
 
 class Source(Protocol):
     """A long-running producer of readings; ``run`` returns only when cancelled."""

@@ -1,4 +1,11 @@
-"""MQTT source: subscribe to topic templates on a local broker and decode what arrives."""
+"""MQTT source: subscribe to topic templates on a local broker and decode what arrives.
+
+At least once into the store: QoS 1 subscriptions on a persistent MQTT v5 session (stable
+client id, ``clean_start=False``, a session expiry), and manual acknowledgements: a message's
+PUBACK goes out only after the store committed what it produced (readings or a dead letter).
+A crash before that leaves the message unacknowledged, so the broker delivers it again, and
+the store's idempotency key makes the redelivery a no-op.
+"""
 
 from __future__ import annotations
 
@@ -6,18 +13,29 @@ import asyncio
 import logging
 import re
 from dataclasses import dataclass
-from typing import Literal
+from typing import Any, Literal
 
-import aiomqtt
+import paho.mqtt.client as mqtt
+from paho.mqtt.enums import CallbackAPIVersion
+from paho.mqtt.packettypes import PacketTypes
+from paho.mqtt.properties import Properties
+from paho.mqtt.reasoncodes import ReasonCode
+from paho.mqtt.subscribeoptions import SubscribeOptions
 from pydantic import Field, field_validator
 
 from gateway.config.mqtt import MqttBroker, tls_context
-from gateway.config.types import StrictModel
+from gateway.config.types import Duration, StrictModel
+from gateway.mqttio import PahoDriver
 from gateway.sinks.resilience import Backoff
 from gateway.sources.base import Decoding, Intake
 from gateway.sources.codecs import Format, JsonFormat, build_decoder
 
 log = logging.getLogger("gateway.sources.mqtt")
+
+CONNECT_TIMEOUT = 30.0
+TOPIC_CACHE_SIZE = 100_000
+"""Topics whose match is remembered (devices x metrics; a flood of new topics just misses)."""
+_UNEXPECTED: tuple[str | None, str | None] = ("\0", "\0")
 
 _PLACEHOLDER = re.compile(r"^\{(device|metric)\}$")
 
@@ -85,6 +103,15 @@ class MqttSourceConfig(StrictModel):
     qos: Literal[0, 1, 2] = 1
     format: Format = JsonFormat(type="json")
     max_payload_bytes: int = Field(65536, ge=16)
+    session_expiry: Duration = Field(
+        86400.0, ge=0, description="how long the broker keeps our session while we are away"
+    )
+    silent_after: Duration | None = Field(
+        None, gt=0, description="alert when no reading arrived for this long (off if unset)"
+    )
+    receive_maximum: int = Field(
+        2000, ge=1, le=65535, description="unacknowledged messages the broker may send us"
+    )
 
     @field_validator("topics")
     @classmethod
@@ -94,6 +121,82 @@ class MqttSourceConfig(StrictModel):
         return topics
 
 
+class _Connection:
+    """One paho client and its socket on the loop; acks each wake-up's messages once the
+    store has committed them."""
+
+    def __init__(self, source: MqttSource, intake: Intake, decoding: Decoding) -> None:
+        cfg = source.config
+        self._source = source
+        self._intake = intake
+        self._decoding = decoding
+        self._unacked: list[tuple[int, int]] = []
+        self.connack: asyncio.Future[ReasonCode] = asyncio.get_running_loop().create_future()
+        client = mqtt.Client(
+            CallbackAPIVersion.VERSION2,
+            client_id=source.client_id,
+            protocol=mqtt.MQTTv5,
+            manual_ack=True,
+        )
+        if cfg.broker.username is not None:
+            client.username_pw_set(cfg.broker.username, cfg.broker.password)
+        if (context := tls_context(cfg.broker)) is not None:
+            client.tls_set_context(context)
+        client.on_connect = self._on_connect
+        client.on_message = self._on_message
+        self.client = client
+        self.driver = PahoDriver(client, after_read=self._after_read)
+
+    async def open(self) -> None:
+        cfg = self._source.config
+        props = Properties(PacketTypes.CONNECT)  # type: ignore[no-untyped-call]
+        props.SessionExpiryInterval = int(cfg.session_expiry)
+        props.ReceiveMaximum = cfg.receive_maximum
+        await self.driver.connect(
+            cfg.broker.host,
+            cfg.broker.port,
+            cfg.broker.keepalive,
+            clean_start=False,
+            properties=props,
+        )
+
+    def _on_connect(
+        self, client: mqtt.Client, _u: Any, flags: Any, rc: ReasonCode, _p: Any = None
+    ) -> None:
+        if not rc.is_failure:
+            subs = [
+                (p.filter, SubscribeOptions(qos=self._source.config.qos))
+                for p in self._source.patterns
+            ]
+            client.subscribe(subs)
+        if not self.connack.done():
+            self.connack.set_result(rc)
+
+    def _on_message(self, _c: mqtt.Client, _u: Any, message: mqtt.MQTTMessage) -> None:
+        try:
+            topic = message.topic
+        except UnicodeDecodeError:
+            topic = message._topic.decode("utf-8", "replace")
+        self._source.route(self._decoding, self._intake, topic, bytes(message.payload))
+        if message.qos:
+            self._unacked.append((message.mid, message.qos))
+
+    def _after_read(self) -> None:
+        if self._unacked:
+            mids, self._unacked = self._unacked, []
+            self._intake.when_committed(lambda: self._ack(mids))
+
+    def _ack(self, mids: list[tuple[int, int]]) -> None:
+        if self.driver.lost.done():
+            return  # that connection is gone: the broker redelivers, the store ignores repeats
+        ack = self.client.ack
+        for mid, qos in mids:
+            ack(mid, qos)
+
+    def close(self) -> None:
+        self.driver.close()
+
+
 class MqttSource:
     """Keeps one subscription alive, reconnecting with backoff; decodes every message."""
 
@@ -101,60 +204,79 @@ class MqttSource:
         self.id = config.id
         self.config = config
         self.patterns = [TopicPattern.parse(t) for t in config.topics]
-        self._client_id = config.broker.client_id or f"{gateway_id}-{config.id}"
+        self.client_id = config.broker.client_id or f"{gateway_id}-{config.id}"
+        self._topics: dict[str, tuple[str | None, str | None]] = {}  # topic -> device, metric
         self.connected = asyncio.Event()
 
-    def _route(self, decoding: Decoding, intake: Intake, topic: str, payload: bytes) -> None:
+    def route(self, decoding: Decoding, intake: Intake, topic: str, payload: bytes) -> None:
+        """Decode one message (or dead-letter it) by the pattern its topic matches."""
         if len(payload) > self.config.max_payload_bytes:
             intake.reject(self.id, "too_large", f"{len(payload)} bytes on {topic}", payload[:1024])
             return
+        where = self._topics.get(topic)
+        if where is None:
+            where = self._match(topic)
+            if len(self._topics) < TOPIC_CACHE_SIZE:
+                self._topics[topic] = where
+        if where is _UNEXPECTED:
+            intake.reject(self.id, "unexpected_topic", topic, payload)
+        else:
+            decoding.feed(payload, where[0], where[1])
+
+    def _match(self, topic: str) -> tuple[str | None, str | None]:
         for pattern in self.patterns:
             matched, device, metric = pattern.extract(topic)
             if matched:
-                decoding.feed(payload, device, metric)
-                return
-        intake.reject(self.id, "unexpected_topic", topic, payload)
+                return device, metric
+        return _UNEXPECTED
 
     async def run(self, intake: Intake) -> None:
         cfg = self.config
         decoding = Decoding(self.id, build_decoder(cfg.format), intake)
         backoff = Backoff(cfg.broker.reconnect.initial, cfg.broker.reconnect.max)
         while True:
+            conn = _Connection(self, intake, decoding)
             try:
-                async with aiomqtt.Client(
-                    cfg.broker.host,
-                    cfg.broker.port,
-                    identifier=self._client_id,
-                    username=cfg.broker.username,
-                    password=cfg.broker.password,
-                    keepalive=cfg.broker.keepalive,
-                    tls_context=tls_context(cfg.broker),
-                ) as client:
-                    for pattern in self.patterns:
-                        await client.subscribe(pattern.filter, qos=cfg.qos)
-                    log.info(
-                        "source %s: subscribed to %s on %s:%d",
-                        self.id,
-                        ", ".join(p.filter for p in self.patterns),
-                        cfg.broker.host,
-                        cfg.broker.port,
-                    )
-                    backoff.reset()
-                    self.connected.set()
-                    async for message in client.messages:
-                        payload = message.payload
-                        if not isinstance(payload, bytes | bytearray):
-                            payload = str(payload).encode()
-                        self._route(decoding, intake, message.topic.value, bytes(payload))
-            except aiomqtt.MqttError as exc:
+                problem = await self._session(conn, backoff)
+            finally:
                 self.connected.clear()
-                delay = backoff.next_delay()
-                log.warning(
-                    "source %s: broker %s:%d unavailable (%s); retrying in %.1fs",
-                    self.id,
-                    cfg.broker.host,
-                    cfg.broker.port,
-                    exc,
-                    delay,
-                )
-                await asyncio.sleep(delay)
+                conn.close()
+            delay = backoff.next_delay()
+            log.warning(
+                "source %s: broker %s:%d %s; retrying in %.1fs",
+                self.id,
+                cfg.broker.host,
+                cfg.broker.port,
+                problem,
+                delay,
+            )
+            await asyncio.sleep(delay)
+
+    async def _session(self, conn: _Connection, backoff: Backoff) -> str:
+        """Connect, subscribe and read until the connection is lost; say why it ended."""
+        cfg = self.config
+        try:
+            await conn.open()
+        except OSError as exc:
+            return f"unavailable ({exc})"
+        await asyncio.wait(
+            (conn.connack, conn.driver.lost),
+            timeout=CONNECT_TIMEOUT,
+            return_when=asyncio.FIRST_COMPLETED,
+        )
+        if not conn.connack.done():
+            return "did not answer CONNECT"
+        rc = conn.connack.result()
+        if rc.is_failure:
+            return f"refused the connection ({rc})"
+        log.info(
+            "source %s: subscribed to %s on %s:%d",
+            self.id,
+            ", ".join(p.filter for p in self.patterns),
+            cfg.broker.host,
+            cfg.broker.port,
+        )
+        backoff.reset()
+        self.connected.set()
+        await conn.driver.lost
+        return "connection lost"

@@ -13,7 +13,7 @@ import serial_asyncio_fast
 from pydantic import Field, field_validator
 
 from gateway.config.mqtt import BackoffConfig
-from gateway.config.types import StrictModel
+from gateway.config.types import Duration, StrictModel
 from gateway.sinks.resilience import Backoff
 from gateway.sources.base import Decoding, Intake
 from gateway.sources.codecs import Format, build_decoder
@@ -43,6 +43,9 @@ class SerialSourceConfig(StrictModel):
     format: Format
     max_line_bytes: int = Field(4096, ge=16)
     reconnect: BackoffConfig = BackoffConfig()
+    silent_after: Duration | None = Field(
+        None, gt=0, description="alert when no reading arrived for this long (off if unset)"
+    )
 
     @field_validator("stopbits")
     @classmethod

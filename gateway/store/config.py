@@ -13,12 +13,28 @@ from gateway.config.types import Duration, StrictModel
 class RetentionConfig(StrictModel):
     """How much reading history to keep; ``None`` switches a limit off."""
 
-    max_age: Duration | None = Field(7 * 86400.0, gt=0)
-    """Readings whose ``ts`` is older than this (against the store's clock) are deleted."""
+    max_age: Duration | None = Field(None, gt=0)
+    """Readings whose ``ts`` is older than this (against the store's clock) are deleted; off
+    unless configured."""
     max_rows: int | None = Field(1_000_000, ge=1)
     """Above this many readings, the oldest inserted are deleted."""
     interval: Duration = Field(60.0, gt=0)
     """How often retention runs."""
+
+
+class OutboxLimits(StrictModel):
+    """Bounds of the outbox (all sinks together); ``None`` switches a limit off.
+
+    On overflow ``drop_oldest`` deletes the oldest raw readings first, then aggregates, and
+    alerts last; ``reject_new`` drops what the new batch would add beyond the limit. Every
+    drop is counted (``store.outbox_dropped``) and the first one raises an alert.
+    """
+
+    max_rows: int | None = Field(1_000_000, ge=1)
+    max_bytes: int | None = Field(512 * 1024 * 1024, ge=1024)
+    max_age: Duration | None = Field(None, gt=0)
+    """Rows queued longer than this are dropped (off unless configured)."""
+    overflow: Literal["drop_oldest", "reject_new"] = "drop_oldest"
 
 
 class StoreConfig(StrictModel):
@@ -33,3 +49,9 @@ class StoreConfig(StrictModel):
     """...and as soon as this many items are pending."""
     retention: RetentionConfig = RetentionConfig()
     dead_letters_max_rows: int = Field(10_000, ge=1)
+    outbox: OutboxLimits = OutboxLimits()
+    max_pending: int = Field(
+        500_000, ge=100, description="items waiting in memory for a commit (e.g. disk full)"
+    )
+    """Beyond this, the oldest pending readings are dropped (counted, ``pending_dropped``),
+    then aggregates and forwarded rows; alerts are never dropped."""

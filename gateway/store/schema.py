@@ -6,7 +6,7 @@ from sqlite_utils import Database
 
 from gateway.errors import GatewayError
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
 
 
 class SchemaVersionError(GatewayError):
@@ -29,8 +29,9 @@ def create_schema(db: Database) -> None:
             f"database schema version {version} is newer than this gateway's {SCHEMA_VERSION}"
         )
     with db.atomic():
-        # rowid table; the partial unique index makes a resent (source, device, metric, seq)
-        # a no-op under INSERT OR IGNORE, while readings without a seq are never deduplicated.
+        # rowid table; the partial unique indexes make a resent reading a no-op under INSERT OR
+        # IGNORE: its key is (source, device, metric, seq), or without a seq its content and
+        # timestamp (source, device, metric, ts, value).
         db.table("readings").create(
             {
                 "source": str,
@@ -45,6 +46,15 @@ def create_schema(db: Database) -> None:
         db.execute(
             "CREATE UNIQUE INDEX IF NOT EXISTS readings_seq"
             " ON readings (source, device, metric, seq) WHERE seq IS NOT NULL"
+        )
+        if version == 1:  # v1 kept seq-less repeats: keep the first of each before indexing
+            db.execute(
+                "DELETE FROM readings WHERE seq IS NULL AND rowid NOT IN (SELECT min(rowid)"
+                " FROM readings WHERE seq IS NULL GROUP BY source, device, metric, ts, value)"
+            )
+        db.execute(
+            "CREATE UNIQUE INDEX IF NOT EXISTS readings_content"
+            " ON readings (source, device, metric, ts, value) WHERE seq IS NULL"
         )
         db.table("readings").create_index(
             ["device", "metric", "ts"], index_name="readings_device_metric_ts", if_not_exists=True
@@ -97,7 +107,11 @@ def create_schema(db: Database) -> None:
             " id INTEGER PRIMARY KEY AUTOINCREMENT, sink TEXT, msg_id TEXT, topic TEXT,"
             " payload BLOB, qos INTEGER, created REAL, attempts INTEGER NOT NULL DEFAULT 0)"
         )
-        db.table("outbox").create_index(
-            ["sink", "id"], index_name="outbox_sink_id", if_not_exists=True
-        )
+        # priority: 0 alert, 1 aggregate, 2 reading; a sink takes the lowest first (alerts
+        # go first) and overflow drops the highest first (raw readings go first).
+        if "priority" not in db.table("outbox").columns_dict:
+            db.execute("ALTER TABLE outbox ADD COLUMN priority INTEGER NOT NULL DEFAULT 1")
+        db.execute("DROP INDEX IF EXISTS outbox_sink_id")
+        db.execute("CREATE INDEX IF NOT EXISTS outbox_sink_priority ON outbox (sink, priority, id)")
+        db.execute("CREATE INDEX IF NOT EXISTS outbox_priority ON outbox (priority DESC, id)")
         db.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")

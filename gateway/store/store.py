@@ -15,7 +15,10 @@ Failure policy of a batch:
   is retried row by row in one transaction; only the bad rows are dropped and counted as
   ``rejected``, so one poison item can never wedge the store.
 
-Pending items are not bounded yet: while the disk refuses writes they accumulate in memory.
+Bounded everything: pending items (while the disk refuses writes, e.g. when it is full) are
+capped by ``max_pending`` and the outbox by ``outbox.max_rows``/``max_bytes``/``max_age``;
+overflow drops raw readings first and alerts last, counts every drop and tells
+``on_first_drop`` of the first one, so the gateway raises an alert of its own.
 
 Retention (every ``retention.interval`` in ``run``, or ``enforce_retention``) deletes readings
 whose ``ts`` is older than ``max_age`` (by the injected clock), the oldest inserted readings
@@ -24,7 +27,8 @@ at most ``RETENTION_DELETE_ROWS`` deletes, so a batch never waits long behind it
 leave only when acked.
 
 Counters (component ``store``): ``readings_written``, ``duplicates``, ``dead_letters``,
-``rejected``, ``retention_deleted``, ``write_errors``, ``lost_on_close``.
+``rejected``, ``retention_deleted``, ``write_errors``, ``lost_on_close``, ``pending_dropped``,
+``outbox_dropped``, ``outbox_expired``.
 """
 
 from __future__ import annotations
@@ -35,6 +39,7 @@ import logging
 import random
 import sqlite3
 import time
+from collections import deque
 from collections.abc import Callable, Iterable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
@@ -82,8 +87,11 @@ _INSERT_DEAD_LETTER = (
     "INSERT INTO dead_letters (source, ts, reason, detail, raw) VALUES (?, ?, ?, ?, ?)"
 )
 _INSERT_OUTBOX = (
-    "INSERT INTO outbox (sink, msg_id, topic, payload, qos, created) VALUES (?, ?, ?, ?, ?, ?)"
+    "INSERT INTO outbox (sink, msg_id, topic, payload, qos, created, priority)"
+    " VALUES (?, ?, ?, ?, ?, ?, ?)"
 )
+PRIORITY_ALERT, PRIORITY_AGGREGATE, PRIORITY_READING = 0, 1, 2
+"""Outbox priorities: a sink sends the lowest first; overflow drops the highest first."""
 
 _reading_row = attrgetter("source", "device", "metric", "ts", "value", "seq")
 
@@ -100,7 +108,7 @@ _ITEM_ERRORS: tuple[type[Exception], ...] = (
 )
 
 DeadLetterRow = tuple[str, float, str, str, bytes]
-OutboxInsert = tuple[str, str, str, bytes, int, float]
+OutboxInsert = tuple[str, str, str, bytes, int, float, int]
 _Step = tuple[int, int | None]
 """One retention job's result: rows deleted, and where to go on (None: done)."""
 
@@ -148,6 +156,7 @@ class _Written:
     dead_letters: int
     rejected: int
     outbox_sinks: frozenset[str]
+    outbox_dropped: int = 0
 
 
 def _aggregate_row(a: Aggregate) -> tuple[Any, ...]:
@@ -213,6 +222,12 @@ class Store:
         self._added = 0  # sequence number of the last add
         self._committed_upto = 0  # every add up to this sequence number is committed
         self._inflight: asyncio.Future[_Written] | None = None
+        self._waiters: deque[tuple[int, Callable[[], None]]] = deque()
+        self.on_first_drop: Callable[[str, int], None] | None = None
+        """Told ``(counter, n)`` of the first overflow drop of each kind in this process."""
+        self._ob_rows = 0  # outbox totals, writer thread only
+        self._taken: dict[str, frozenset[int]] = {}  # per sink, the rows in flight (writer thread)
+        self._ob_bytes = 0
         self._wake = asyncio.Event()
 
     # ------------------------------------------------------------------ lifecycle
@@ -285,9 +300,17 @@ class Store:
         self._alerts.append(alert)
         self._queued(1)
 
-    def add_outbox(self, sink: str, msg_id: str, topic: str, payload: bytes, qos: int) -> None:
+    def add_outbox(
+        self,
+        sink: str,
+        msg_id: str,
+        topic: str,
+        payload: bytes,
+        qos: int,
+        priority: int = PRIORITY_AGGREGATE,
+    ) -> None:
         """Queue one message for ``sink``; it commits with whatever was queued before it."""
-        self._outbox.append((sink, msg_id, topic, payload, qos, self._clock()))
+        self._outbox.append((sink, msg_id, topic, payload, qos, self._clock(), priority))
         self._queued(1)
 
     def add_dead_letter(self, source: str, reason: str, detail: str, raw: bytes, ts: float) -> None:
@@ -300,8 +323,59 @@ class Store:
             return
         self._added += 1
         self._n_pending += n
+        if self._n_pending > self.config.max_pending:
+            self._shed_pending()
         if self._n_pending >= self.config.batch_max and not self._wake.is_set():
             self._wake.set()
+
+    def when_committed(self, callback: Callable[[], None]) -> None:
+        """Call ``callback`` (on the loop) once everything added so far is committed: right
+        away if it already is. Callbacks run in the order they were registered."""
+        if self._committed_upto >= self._added:
+            callback()
+        else:
+            self._waiters.append((self._added, callback))
+
+    def _release_waiters(self) -> None:
+        waiters, upto = self._waiters, self._committed_upto
+        while waiters and waiters[0][0] <= upto:
+            _, callback = waiters.popleft()
+            try:
+                callback()
+            except Exception:  # a caller's bug must not break the commit bookkeeping
+                log.exception("store: a commit callback failed")
+
+    def _shed_pending(self) -> None:
+        """Over ``max_pending`` (commits failing, e.g. disk full): drop a tenth of the limit,
+        oldest readings first, then aggregates and forwarded rows; alerts never."""
+        goal = self._n_pending - self.config.max_pending + self.config.max_pending // 10
+        dropped = 0
+        for items in (self._readings, self._aggregates):
+            k = min(goal - dropped, len(items))
+            if k > 0:
+                del items[:k]
+                dropped += k
+        if dropped < goal:
+            alerts = [r for r in self._outbox if r[6] == PRIORITY_ALERT]
+            others = [r for r in self._outbox if r[6] != PRIORITY_ALERT]
+            k = min(goal - dropped, len(others))
+            if k > 0:
+                self._outbox = alerts + others[k:]
+                dropped += k
+        if dropped:
+            self._n_pending -= dropped
+            self._dropped("pending_dropped", dropped)
+
+    def _dropped(self, counter: str, n: int) -> None:
+        """Count a drop; the first one of each kind in this process raises an alert."""
+        first = self._counters.get(COMPONENT, counter) == 0
+        self._counters.inc(COMPONENT, counter, n)
+        if first:
+            log.error(
+                "store: %s: %d items dropped by the overflow policy (raising an alert)", counter, n
+            )
+            if self.on_first_drop is not None:
+                self.on_first_drop(counter, n)
 
     # ------------------------------------------------------------------ loop side: commit
 
@@ -353,6 +427,7 @@ class Store:
             raise RuntimeError("store is not open")
         if self._n_pending == 0:
             self._committed_upto = self._added
+            self._release_waiters()
             return
         batch = _Batch(
             self._added,
@@ -389,10 +464,13 @@ class Store:
             return
         written = fut.result()
         self._committed_upto = max(self._committed_upto, batch.upto)
+        self._release_waiters()
         c = self._counters
         c.inc(COMPONENT, "readings_written", written.readings)
         c.inc(COMPONENT, "duplicates", written.duplicates)
         c.inc(COMPONENT, "dead_letters", written.dead_letters)
+        if written.outbox_dropped:
+            self._dropped("outbox_dropped", written.outbox_dropped)
         if written.rejected:
             c.inc(COMPONENT, "rejected", written.rejected)
             log.error("store: dropped %d items SQLite could not store", written.rejected)
@@ -416,13 +494,20 @@ class Store:
     async def outbox_ack(self, ids: Sequence[int]) -> None:
         """Delete delivered rows."""
         if ids:
-            await self._call(self._outbox_update, "DELETE FROM outbox WHERE id = ?", ids)
+            await self._call(self._outbox_ack, ids)
 
     async def outbox_failed(self, ids: Sequence[int]) -> None:
         """Count one more failed delivery attempt on each row."""
         if ids:
             sql = "UPDATE outbox SET attempts = attempts + 1 WHERE id = ?"
             await self._call(self._outbox_update, sql, ids)
+
+    async def outbox_dead_letter(self, rows: Sequence[OutboxRow], sink: str, reason: str) -> None:
+        """Move undeliverable rows from the outbox to ``dead_letters`` in one transaction."""
+        if rows:
+            now = self._clock()
+            await self._call(self._outbox_bury, rows, sink, reason, now)
+            self._counters.inc(COMPONENT, "dead_letters", len(rows))
 
     async def outbox_depth(self, sink: str | None = None) -> int:
         """Committed outbox rows, of one sink or of all."""
@@ -451,6 +536,10 @@ class Store:
         if retention.max_rows is not None:
             deleted += await self._trim("readings", retention.max_rows)
         deleted += await self._trim("dead_letters", self.config.dead_letters_max_rows)
+        if self.config.outbox.max_age is not None:
+            cutoff = self._clock() - self.config.outbox.max_age
+            if expired := await self._call(self._outbox_expire, cutoff):
+                self._dropped("outbox_expired", expired)
         return deleted
 
     async def _trim(self, table: str, keep: int) -> int:
@@ -506,7 +595,10 @@ class Store:
             db.enable_wal()
             db.execute(f"PRAGMA synchronous = {self.config.synchronous.upper()}")
             create_schema(db)
+            self._db = db
+            self._outbox_totals()
         except BaseException:
+            self._db = None
             db.close()
             raise
         self._db = db
@@ -518,14 +610,21 @@ class Store:
 
     def _write_batch(self, batch: _Batch) -> _Written:
         db = self._database()
+        totals = self._ob_rows, self._ob_bytes  # restored when the transaction rolls back
         try:
             with db.atomic():
                 return self._insert(db.conn, batch, isolate=False)
         except sqlite3.OperationalError:
+            self._ob_rows, self._ob_bytes = totals
             raise
         except _ITEM_ERRORS:
-            with db.atomic():
-                return self._insert(db.conn, batch, isolate=True)
+            self._ob_rows, self._ob_bytes = totals
+            try:
+                with db.atomic():
+                    return self._insert(db.conn, batch, isolate=True)
+            except BaseException:
+                self._ob_rows, self._ob_bytes = totals
+                raise
 
     def _insert(self, conn: sqlite3.Connection, batch: _Batch, *, isolate: bool) -> _Written:
         """Insert every kind of item; with ``isolate`` row by row, skipping bad rows."""
@@ -540,17 +639,108 @@ class Store:
         rejected += bad
         outbox, bad = run(conn, _INSERT_OUTBOX, _same_row, batch.outbox)
         rejected += bad
+        if outbox:
+            self._ob_rows += outbox
+            self._ob_bytes += sum(len(row[3]) for row in batch.outbox)
+        outbox_dropped = self._enforce_outbox(conn)
         duplicates = len(batch.readings) - readings - bad_readings
         sinks = frozenset(row[0] for row in batch.outbox) if outbox else frozenset()
-        return _Written(readings, duplicates, dead_letters, rejected, sinks)
+        return _Written(readings, duplicates, dead_letters, rejected, sinks, outbox_dropped)
 
     def _outbox_take(self, sink: str, limit: int) -> list[OutboxRow]:
         cursor = self._database().execute(
             "SELECT id, msg_id, topic, payload, qos, attempts FROM outbox"
-            " WHERE sink = ? ORDER BY id LIMIT ?",
+            " WHERE sink = ? ORDER BY priority, id LIMIT ?",
             (sink, limit),
         )
-        return [OutboxRow(*row) for row in cursor]
+        rows = [OutboxRow(*row) for row in cursor]
+        self._taken[sink] = frozenset(r.id for r in rows)  # overflow spares rows in flight
+        return rows
+
+    def _outbox_bury(self, rows: Sequence[OutboxRow], sink: str, reason: str, now: float) -> None:
+        db = self._database()
+        with db.atomic():
+            db.conn.executemany(
+                _INSERT_DEAD_LETTER,
+                (
+                    (
+                        sink,
+                        now,
+                        reason,
+                        f"{r.msg_id} on {r.topic} after {r.attempts} attempts",
+                        r.payload[:DEAD_LETTER_RAW_MAX],
+                    )
+                    for r in rows
+                ),
+            )
+            self._outbox_delete([r.id for r in rows])
+
+    def _outbox_ack(self, ids: Sequence[int]) -> None:
+        db = self._database()
+        with db.atomic():
+            self._outbox_delete(ids)
+
+    def _outbox_delete(self, ids: Sequence[int]) -> int:
+        """Delete rows by id, keeping the outbox totals; returns rows deleted."""
+        conn = self._database().conn
+        deleted = 0
+        for i in range(0, len(ids), 500):
+            chunk = ids[i : i + 500]
+            marks = ",".join("?" * len(chunk))
+            n, size = conn.execute(
+                f"SELECT count(*), coalesce(sum(length(payload)), 0) FROM outbox"
+                f" WHERE id IN ({marks})",
+                chunk,
+            ).fetchone()
+            conn.execute(f"DELETE FROM outbox WHERE id IN ({marks})", chunk)
+            self._ob_rows -= n
+            self._ob_bytes -= size
+            deleted += n
+        return deleted
+
+    def _outbox_expire(self, cutoff: float) -> int:
+        db = self._database()
+        with db.atomic():
+            ids = [r[0] for r in db.execute("SELECT id FROM outbox WHERE created < ?", (cutoff,))]
+            return self._outbox_delete(ids)
+
+    def _outbox_totals(self) -> None:
+        n, size = (
+            self._database()
+            .execute("SELECT count(*), coalesce(sum(length(payload)), 0) FROM outbox")
+            .fetchone()
+        )
+        self._ob_rows, self._ob_bytes = int(n), int(size)
+
+    def _enforce_outbox(self, conn: sqlite3.Connection) -> int:
+        """Apply the overflow policy inside the batch's transaction; rows dropped."""
+        lim = self.config.outbox
+        over_rows = self._ob_rows - lim.max_rows if lim.max_rows is not None else 0
+        over_bytes = self._ob_bytes - lim.max_bytes if lim.max_bytes is not None else 0
+        if over_rows <= 0 and over_bytes <= 0:
+            return 0
+        order = "priority DESC, id" if lim.overflow == "drop_oldest" else "priority = 0, id DESC"
+        in_flight = frozenset().union(*self._taken.values())
+        dropped = skip = 0
+        while over_rows > 0 or over_bytes > 0:
+            chunk = max(over_rows, 256)
+            ids: list[int] = []
+            for row_id, size in conn.execute(
+                f"SELECT id, length(payload) FROM outbox ORDER BY {order} LIMIT ? OFFSET ?",
+                (chunk, skip),
+            ):
+                if over_rows <= 0 and over_bytes <= 0:
+                    break
+                if row_id in in_flight:
+                    skip += 1
+                    continue
+                ids.append(row_id)
+                over_rows -= 1
+                over_bytes -= size or 0
+            if not ids:
+                break
+            dropped += self._outbox_delete(ids)
+        return dropped
 
     def _outbox_update(self, sql: str, ids: Sequence[int]) -> None:
         db = self._database()

@@ -131,10 +131,13 @@ async def test_a_resent_reading_with_the_same_seq_is_stored_once(
     assert counters.get("store", "duplicates") == 2
 
 
-async def test_readings_without_seq_are_never_deduplicated(store: Store) -> None:
-    store.add_readings([reading(1), reading(1)])
+async def test_readings_without_seq_are_deduplicated_by_content_and_timestamp(
+    store: Store,
+) -> None:
+    store.add_readings([reading(1), reading(1)])  # the same value at the same instant
+    store.add_readings([reading(2), reading(1, ts=NOW + 1)])  # another value, another instant
     await store.flush()
-    assert await count(store, "readings") == 2
+    assert await count(store, "readings") == 3
 
 
 async def test_the_same_seq_from_another_device_is_not_a_duplicate(store: Store) -> None:
@@ -500,7 +503,9 @@ async def test_schema_is_idempotent(make_store: Callable[..., Store]) -> None:
             " ORDER BY name"
         )
         assert [i["name"] for i in indexes] == [
-            "outbox_sink_id",
+            "outbox_priority",
+            "outbox_sink_priority",
+            "readings_content",
             "readings_device_metric_ts",
             "readings_seq",
         ]
