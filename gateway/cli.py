@@ -1,4 +1,4 @@
-"""``edge-gateway run | check``: the command-line entry point and its exit codes.
+"""``edge-gateway run | check | bench``: the command-line entry point and its exit codes.
 
 Exit codes: 0 ok, 2 invalid configuration, 1 unexpected failure.
 """
@@ -34,6 +34,10 @@ def _parser() -> argparse.ArgumentParser:
     )
     check = sub.add_parser("check", help="validate a config without touching devices or network")
     check.add_argument("-c", "--config", required=True, help="YAML config file")
+    from gateway.bench.runner import add_arguments as add_bench_arguments
+
+    bench = sub.add_parser("bench", help="measure throughput, latency and memory on this box")
+    add_bench_arguments(bench)
     return parser
 
 
@@ -78,6 +82,10 @@ async def _run(config: Config) -> None:
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = _parser().parse_args(argv)
+    if args.command == "bench":
+        from gateway.bench.runner import run as run_bench
+
+        return run_bench(args)
     try:
         config = load(args.config)
     except ConfigError as exc:
