@@ -105,7 +105,7 @@ def run_micro(
     if detector:
         named.append(("default detector", {"_chain": list(detector)}))
     for name, step in named:
-        chain = step["_chain"] if "_chain" in step else [step]
+        chain = step.get("_chain", [step])
         out.append((f"Rx step: {name}", max(_chain_us(chain, readings, repeat) - empty, 0.0)))
 
     with tempfile.TemporaryDirectory() as tmp:

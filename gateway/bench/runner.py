@@ -10,9 +10,10 @@ latency is measured at a fixed rate (5,000 readings/s), and CPU and RSS are read
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
-import statistics
+import sqlite3
 import subprocess
 import sys
 import tempfile
@@ -23,6 +24,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
+import orjson
 import yaml
 
 from gateway.bench.agents import METRIC, device_name
@@ -167,7 +169,10 @@ class Bench:
         delivered = system.progress() - base
         cpu = (cpu_seconds(system.pid) - cpu0) / max(time.monotonic() - t0, 1e-9) * 100
         achieved = sent / max(elapsed, 1e-9)
-        return Step(rate, achieved, sent, delivered, delivered >= sent, cpu)
+        # The sender falling behind is back-pressure (a pty) or a starved load generator:
+        # either way this rate was not shown to be sustained.
+        ok = delivered >= sent and achieved >= 0.95 * rate
+        return Step(rate, achieved, sent, delivered, ok, cpu)
 
     def _settle(self, system: System, quiet_s: float = 1.0, timeout: float = 30.0) -> None:
         """Wait until the system stops making progress (its backlog is drained or lost)."""
@@ -194,16 +199,15 @@ class Bench:
             self.say(
                 f"    {rate:9.0f}/s -> sent at {step.achieved:9.0f}/s, delivered "
                 f"{step.delivered}/{step.sent} {'ok' if step.ok else 'LOSS/BACKLOG'}"
-                f"{' (load generator limit)' if limited else ''}"
+                f"{' (sender fell behind)' if limited else ''}"
             )
             if step.ok and (lo is None or step.achieved > lo.achieved):
                 lo = step
             if not step.ok:
                 hi = rate
                 self._settle(system)
-            if limited and step.ok:
-                result.notes.append(f"load generator peaked at {step.achieved:.0f}/s")
-                break
+            if limited:
+                result.notes.append(f"sender fell behind at {rate:.0f}/s ({step.achieved:.0f}/s)")
             if hi is None:
                 if rate >= p.max_rate:
                     break
@@ -401,24 +405,34 @@ class Bench:
                     )
                 stored = system.stored()
                 self._finish(system, result)
-                self._check_aggregates(result, aggregated0, stored)
+                self._check_aggregates(result, aggregated0, stored, system.db)
             finally:
                 system.stop()
                 publisher.stop()
             self._ratio(result, ceiling)
 
-    def _check_aggregates(self, result: Result, aggregated0: int, stored: int) -> None:
-        """After a clean stop every stored reading is in exactly one forwarded aggregate."""
+    def _check_aggregates(self, result: Result, aggregated0: int, stored: int, db: Path) -> None:
+        """After a clean stop every stored reading is in exactly one aggregate, forwarded or
+        still in the outbox (what did not drain in ``drain_timeout`` goes after a restart)."""
         c = self.collector
-        try:
-            _wait(lambda: c.aggregated - aggregated0 >= stored, 10, "the last aggregates")
-        except RuntimeError:
-            pass
+        with sqlite3.connect(db) as conn:
+            queued = sum(
+                int(orjson.loads(payload).get("count", 0))
+                for (payload,) in conn.execute("SELECT payload FROM outbox")
+            )
+        with contextlib.suppress(RuntimeError):
+            _wait(lambda: c.aggregated - aggregated0 + queued >= stored, 5, "the last aggregates")
         got = c.aggregated - aggregated0
-        if got != stored:
-            result.notes.append(f"aggregates upstream cover {got} readings, {stored} stored")
+        if got + queued != stored:
+            result.notes.append(
+                f"aggregates cover {got} readings upstream + {queued} in the outbox, "
+                f"{stored} stored"
+            )
         else:
-            result.notes.append(f"all {stored} stored readings reached upstream in aggregates")
+            result.notes.append(
+                f"all {stored} stored readings are in aggregates ({got} upstream, "
+                f"{queued} still in the outbox after the drain timeout)"
+            )
 
     def serial(self, name: str, ceiling: str) -> None:
         with self._scenario(name, "gateway") as result:
@@ -540,7 +554,8 @@ def table(results: Sequence[Result]) -> str:
     """The human-readable summary."""
 
     def cell(value: float | None, fmt: str) -> str:
-        return "-" if value is None else format(value, fmt)
+        width = int(fmt.split(".")[0])
+        return f"{'-':>{width}}" if value is None else format(value, fmt)
 
     head = (
         f"{'scenario':34} {'readings/s':>10} {'ratio':>6} {'p50 ms':>7} {'p99 ms':>7} "
@@ -637,7 +652,3 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--only", metavar="LIST", help=f"comma-separated subset of {','.join(SCENARIOS)}"
     )
-
-
-def summary_stats(values: Sequence[float]) -> float:
-    return statistics.fmean(values) if values else 0.0

@@ -9,6 +9,7 @@ session state, QoS 0 and 1 only, for talking to our own private mosquitto on loo
 
 from __future__ import annotations
 
+import contextlib
 import socket
 import struct
 from collections.abc import Iterator
@@ -79,10 +80,8 @@ class Connection:
         self.sock.sendall(bytes((PINGREQ << 4, 0)))
 
     def close(self) -> None:
-        try:
+        with contextlib.suppress(OSError):
             self.sock.sendall(bytes((DISCONNECT << 4, 0)))
-        except OSError:
-            pass
         self.sock.close()
 
     def read_packet(self) -> tuple[int, bytes]:
