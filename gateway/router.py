@@ -5,10 +5,16 @@ from __future__ import annotations
 from collections.abc import Collection, Sequence
 from dataclasses import dataclass
 
-from gateway.model import Aggregate, Alert, Reading, Record
+from gateway.model import Aggregate, Reading, Record
 from gateway.sinks.payloads import MessageIds, encode
 from gateway.sinks.topics import render
 from gateway.store.store import Store
+
+TOPIC_CACHE_MAX = 100_000
+"""Rendered topics a router remembers (about 200 bytes each) before starting afresh."""
+
+_TopicKey = tuple[str, str, str, str, str, str]
+"""(template, kind, step, source, device, metric)"""
 
 
 @dataclass(frozen=True, slots=True)
@@ -42,39 +48,54 @@ class Router:
         self._forward_readings = "readings" in forward
         self._forward_aggregates = "aggregates" in forward
         self._forward_alerts = "alerts" in forward
+        self._topics: dict[_TopicKey, str] = {}
 
     def __call__(self, record: Record) -> None:
-        if isinstance(record, Aggregate):
-            self._store.add_aggregate(record)
-        elif isinstance(record, Alert):
-            self._store.add_alert(record)
         if isinstance(record, Reading):
             if not self._forward_readings:
                 return
+            kind, step, source = "reading", "", record.source
         elif isinstance(record, Aggregate):
+            self._store.add_aggregate(record)
             if not self._forward_aggregates:
                 return
-        elif not self._forward_alerts:
-            return
+            kind, step, source = "aggregate", record.step, ""
+        else:
+            self._store.add_alert(record)
+            if not self._forward_alerts:
+                return
+            kind, step, source = "alert", record.step, ""
         for target in self._targets:
-            if isinstance(record, Reading):
-                template, source = target.reading_topic, record.source
-            elif isinstance(record, Aggregate):
-                template, source = target.aggregate_topic, ""
+            if kind == "reading":
+                template = target.reading_topic
+            elif kind == "aggregate":
+                template = target.aggregate_topic
             else:
-                template, source = target.alert_topic, ""
-            topic = render(
-                template,
-                {
-                    "gateway": self._gateway,
-                    "pipeline": self._pipeline,
-                    "step": getattr(record, "step", ""),
-                    "source": source,
-                    "device": record.device,
-                    "metric": record.metric,
-                    "kind": type(record).__name__.lower(),
-                },
-            )
+                template = target.alert_topic
+            key = (template, kind, step, source, record.device, record.metric)
+            topic = self._topics.get(key)
+            if topic is None:
+                topic = self._topic(key)
             msg_id = self._ids.next()
             payload = encode(record, msg_id, self._gateway, self._pipeline)
             self._store.add_outbox(target.sink, msg_id, topic, payload, target.qos)
+
+    def _topic(self, key: _TopicKey) -> str:
+        """Render and remember one topic (sanitizing costs microseconds; a lookup does not)."""
+        template, kind, step, source, device, metric = key
+        topic = render(
+            template,
+            {
+                "gateway": self._gateway,
+                "pipeline": self._pipeline,
+                "step": step,
+                "source": source,
+                "device": device,
+                "metric": metric,
+                "kind": kind,
+            },
+        )
+        if len(self._topics) >= TOPIC_CACHE_MAX:
+            self._topics.clear()  # bounded memory whatever the number of devices
+        self._topics[key] = topic
+        return topic
