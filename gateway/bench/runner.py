@@ -67,7 +67,7 @@ class Profile:
 
 FULL = Profile(
     step_s=2.0,
-    start_rate=4000,
+    start_rate=2000,
     factor=1.6,
     max_rate=200_000,
     refine=2,
@@ -125,6 +125,7 @@ class Result:
     """Peak RSS of the system under test over the scenario."""
     cpu_pct_at_max: float | None = None
     rss_10k_devices_mb: float | None = None
+    rss_slope_mb_per_min: float | None = None
     us_per_reading: float | None = None
     latency_rate: float | None = None
     notes: list[str] = field(default_factory=list)
@@ -345,11 +346,32 @@ class Bench:
                 load = Load(publisher)
                 self.ramp(system, load, result)
                 self.latency(system, load, result, self.p.latency_s, aggregates=False)
+                self._latency_below_max(system, load, result)
                 self._finish(system, result)
             finally:
                 system.stop()
                 publisher.stop()
             self._ratio(result, ceiling)
+
+    def _latency_below_max(self, system: System, load: Load, result: Result) -> None:
+        """When the fixed latency rate is beyond what the system sustains, its latency there
+        is a growing backlog; also say what it is at 80% of the sustained rate."""
+        sustained = result.readings_per_s
+        if not sustained or sustained >= self.p.latency_rate:
+            return
+        self._settle(system)
+        c = self.collector
+        c.reset_latencies()
+        c.recording = True
+        rate = 0.8 * sustained
+        step = self._deliver(system, load, rate, int(rate * self.p.latency_s))
+        c.recording = False
+        p50, p99 = _percentile(c.latencies, 50), _percentile(c.latencies, 99)
+        if p50 is not None and p99 is not None:
+            result.notes.append(
+                f"latency at {rate:.0f}/s (80% of sustained): p50 {p50:.1f} ms, p99 {p99:.1f} ms"
+                + ("" if step.ok else " (not all delivered in time)")
+            )
 
     def _detector(self, result: Result) -> list[dict[str, Any]]:
         if ANOMALY_EXAMPLE.exists():
@@ -406,6 +428,47 @@ class Bench:
                 stored = system.stored()
                 self._finish(system, result)
                 self._check_aggregates(result, aggregated0, stored, system.db)
+            finally:
+                system.stop()
+                publisher.stop()
+            self._ratio(result, ceiling)
+
+    def soak(self, name: str, seconds: float, ceiling: str) -> None:
+        """The full pipeline at the latency rate for ``seconds``: RSS slope in MB/min."""
+        with self._scenario(name, "soak") as result:
+            pipelines = self._full_pipelines(result)
+            workdir, config = self._config(name, pipelines, qos_in=0, qos_out=1)
+            publisher = Agent("publish", "--port", str(self.local.port), "--qos", "0")
+            system = GatewayRun(workdir, config, "subscribed to", self.collector, False)
+            try:
+                load = Load(publisher, devices=self.p.rss_devices)
+                rate = self.p.latency_rate
+                warmup = self.p.window_s + self.p.lateness_s + 2
+                samples: list[tuple[float, float]] = []
+                sent = 0
+                cpu0, t0 = cpu_seconds(system.pid), time.monotonic()
+                while (elapsed := time.monotonic() - t0) < seconds + warmup:
+                    n, _ = load.send(rate, int(rate), self.seq)
+                    self.seq += n
+                    sent += n
+                    if elapsed > warmup:
+                        samples.append((elapsed / 60, memory_mb(system.pid)[0]))
+                result.cpu_pct = round(
+                    (cpu_seconds(system.pid) - cpu0) / (time.monotonic() - t0) * 100, 1
+                )
+                _wait_quietly(lambda: system.progress() >= sent, 10)
+                if system.progress() < sent:
+                    result.notes.append(f"only {system.progress()} of {sent} readings stored")
+                result.readings_per_s = rate
+                slope = _slope(samples)
+                result.notes.append(
+                    f"RSS {samples[0][1]:.1f} -> {samples[-1][1]:.1f} MB over {seconds:.0f}s, "
+                    f"slope {slope:+.3f} MB/min ({self.p.rss_devices} devices, {rate:.0f}/s)"
+                    if samples
+                    else "soak too short to sample"
+                )
+                result.rss_slope_mb_per_min = round(slope, 4)
+                self._finish(system, result)
             finally:
                 system.stop()
                 publisher.stop()
@@ -515,6 +578,23 @@ class Bench:
             )
 
 
+def _slope(samples: Sequence[tuple[float, float]]) -> float:
+    """Least-squares slope of (x, y) samples; 0 with fewer than two."""
+    if len(samples) < 2:
+        return 0.0
+    n = len(samples)
+    mx = sum(x for x, _ in samples) / n
+    my = sum(y for _, y in samples) / n
+    sxx = sum((x - mx) ** 2 for x, _ in samples)
+    sxy = sum((x - mx) * (y - my) for x, y in samples)
+    return sxy / sxx if sxx else 0.0
+
+
+def _wait_quietly(predicate: Callable[[], bool], timeout: float) -> None:
+    with contextlib.suppress(RuntimeError):
+        _wait(predicate, timeout, "")
+
+
 def _round(value: float | None) -> float | None:
     return None if value is None else round(value, 2)
 
@@ -568,11 +648,14 @@ def table(results: Sequence[Result]) -> str:
             micro.append(f"  {r.name.removeprefix('micro: '):44} {cell(r.us_per_reading, '8.3f')}")
             continue
         extra = []
+        if r.rss_slope_mb_per_min is not None:
+            extra.append(f"RSS slope {r.rss_slope_mb_per_min:+.3f} MB/min")
         if r.rss_10k_devices_mb is not None:
             extra.append(f"RSS {r.rss_10k_devices_mb:.0f} MB with many devices")
         if r.cpu_pct_at_max is not None:
             extra.append(f"cpu {r.cpu_pct_at_max:.0f}% at max")
-        extra += [n for n in r.notes if n.startswith(("skipped", "failed", "lost", "aggregates"))]
+        shown = ("skipped", "failed", "lost", "aggregates", "latency at")
+        extra += [n for n in r.notes if n.startswith(shown)]
         lines.append(
             f"{r.name:34} {cell(r.readings_per_s, '10.0f')} {cell(r.ratio_to_ceiling, '6.2f')} "
             f"{cell(r.p50_ms, '7.2f')} {cell(r.p99_ms, '7.2f')} {cell(r.cpu_pct, '6.0f')} "
@@ -583,7 +666,8 @@ def table(results: Sequence[Result]) -> str:
     return "\n".join(lines)
 
 
-SCENARIOS = ("ceiling", "forward", "full", "serial", "replay", "micro")
+SCENARIOS = ("ceiling", "forward", "full", "serial", "replay", "micro", "soak")
+DEFAULT = set(SCENARIOS) - {"soak"}
 
 
 def run(args: argparse.Namespace) -> int:
@@ -592,7 +676,9 @@ def run(args: argparse.Namespace) -> int:
         print("edge-gateway bench needs mosquitto: apt-get install mosquitto", file=sys.stderr)
         return 1
     profile = QUICK if args.quick else FULL
-    only = set(args.only.split(",")) if args.only else set(SCENARIOS)
+    only = set(args.only.split(",")) if args.only else set(DEFAULT)
+    if args.soak:
+        only.add("soak")
     unknown = only - set(SCENARIOS)
     if unknown:
         print(f"unknown scenario(s) {sorted(unknown)}; choose from {SCENARIOS}", file=sys.stderr)
@@ -626,6 +712,9 @@ def run(args: argparse.Namespace) -> int:
                 bench.replay("replay: default detector", True, parse)
             if "micro" in only:
                 bench.micro()
+            if "soak" in only:
+                seconds = args.soak or (5.0 if args.quick else 600.0)
+                bench.soak("gateway: soak, full pipeline", seconds, "ceiling: paho subscribe q0")
         finally:
             bench.close()
     results = list(bench.results.values())
@@ -650,5 +739,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "--quick", action="store_true", help="tiny numbers: a smoke test, not a measurement"
     )
     parser.add_argument(
-        "--only", metavar="LIST", help=f"comma-separated subset of {','.join(SCENARIOS)}"
+        "--only",
+        metavar="LIST",
+        help=f"comma-separated subset of {','.join(SCENARIOS)} (default: all but soak)",
+    )
+    parser.add_argument(
+        "--soak",
+        type=float,
+        metavar="SECONDS",
+        help="also run the full pipeline that long at 5,000 readings/s: RSS slope (try 600)",
     )
