@@ -425,9 +425,8 @@ class Bench:
                     result.notes.append(
                         f"rss_10k_devices_mb: RSS with {self.p.rss_devices} devices' windows open"
                     )
-                stored = system.stored()
                 self._finish(system, result)
-                self._check_aggregates(result, aggregated0, stored, system.db)
+                self._check_aggregates(result, aggregated0, system.stored(), system.db)
             finally:
                 system.stop()
                 publisher.stop()
