@@ -223,12 +223,18 @@ class Bench:
             result.cpu_pct_at_max = round(lo.cpu_pct, 1)
 
     def latency(
-        self, system: System, load: Load, result: Result, seconds: float, aggregates: bool
+        self,
+        system: System,
+        load: Load,
+        result: Result,
+        seconds: float,
+        aggregates: bool,
+        rate: float | None = None,
     ) -> None:
         c = self.collector
         c.reset_latencies()
         c.recording = True
-        rate = self.p.latency_rate
+        rate = rate or self.p.latency_rate
         step = self._deliver(system, load, rate, int(rate * seconds))
         if aggregates:
             time.sleep(0.3)
@@ -242,7 +248,8 @@ class Bench:
             result.notes.append(f"lost or late readings at the latency rate {rate:.0f}/s")
         if aggregates:
             result.notes.append(
-                f"latency = aggregate arrival - (window end + lateness), {len(samples)} aggregates"
+                f"latency at {rate:.0f}/s: aggregate arrival - (window end + lateness), "
+                f"{len(samples)} aggregates"
             )
 
     @contextmanager
@@ -416,8 +423,12 @@ class Bench:
                 load = Load(publisher)
                 self.ramp(system, load, result)
                 if extended:
+                    # Aggregates: their delay after the window closed, at a rate the gateway
+                    # sustains (beyond it, the delay is that of a growing backlog).
                     seconds = self.p.window_s + self.p.lateness_s + 1.5
-                    self.latency(system, load, result, seconds, aggregates=True)
+                    rate = min(self.p.latency_rate, 0.8 * (result.readings_per_s or 1000))
+                    self._settle(system)
+                    self.latency(system, load, result, seconds, aggregates=True, rate=rate)
                     load.devices = self.p.rss_devices
                     rate = min(self.p.latency_rate * 2, result.readings_per_s or 1000)
                     self._deliver(system, load, rate, self.p.rss_devices * 2)
