@@ -57,7 +57,7 @@ def test_quick_bench_measures_every_scenario_and_writes_json(tmp_path: Path) -> 
         assert 0 < by_name[name]["p50_ms"] <= by_name[name]["p99_ms"], by_name[name]
     full = by_name["gateway: full, sync normal"]
     assert full["rss_10k_devices_mb"] > 0
-    assert any(n.startswith("all ") and "in aggregates" in n for n in full["notes"]), full
+    assert any(n.startswith("delivered: all aggregates") for n in full["notes"]), full
 
     for name in ("replay: window aggregate", "replay: default detector"):
         r = by_name[name]
