@@ -478,6 +478,7 @@ class Bench:
                     else "soak too short to sample"
                 )
                 result.rss_slope_mb_per_min = round(slope, 4)
+                result.steps = [{"minute": round(m, 3), "rss_mb": round(r, 1)} for m, r in samples]
                 self._finish(system, result)
             finally:
                 system.stop()
