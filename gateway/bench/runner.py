@@ -443,8 +443,9 @@ class Bench:
                 publisher.stop()
             self._ratio(result, ceiling)
 
-    def soak(self, name: str, seconds: float, ceiling: str) -> None:
-        """The full pipeline at the latency rate for ``seconds``: RSS slope in MB/min."""
+    def soak(self, name: str, seconds: float, ceiling: str, rate: float | None = None) -> None:
+        """The full pipeline at ``rate`` (default: the latency rate) for ``seconds``: RSS
+        slope in MB/min."""
         with self._scenario(name, "soak") as result:
             pipelines = self._full_pipelines(result)
             workdir, config = self._config(name, pipelines, qos_in=0, qos_out=1)
@@ -452,7 +453,7 @@ class Bench:
             system = GatewayRun(workdir, config, "subscribed to", self.collector, False)
             try:
                 load = Load(publisher, devices=self.p.rss_devices)
-                rate = self.p.latency_rate
+                rate = rate or self.p.latency_rate
                 warmup = self.p.window_s + self.p.lateness_s + 2
                 samples: list[tuple[float, float]] = []
                 sent = 0
@@ -738,7 +739,8 @@ def run(args: argparse.Namespace) -> int:
                 bench.micro()
             if "soak" in only:
                 seconds = args.soak or (5.0 if args.quick else 600.0)
-                bench.soak("gateway: soak, full pipeline", seconds, "ceiling: paho subscribe q0")
+                parse = "ceiling: paho subscribe q0"
+                bench.soak("gateway: soak, full pipeline", seconds, parse, args.soak_rate)
         finally:
             bench.close()
     results = list(bench.results.values())
@@ -772,4 +774,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         type=float,
         metavar="SECONDS",
         help="also run the full pipeline that long at 5,000 readings/s: RSS slope (try 600)",
+    )
+    parser.add_argument(
+        "--soak-rate", type=float, metavar="N", help="readings/s of the soak (default 5000)"
     )
