@@ -37,9 +37,9 @@ from gateway.bench.systems import (
     GatewayRun,
     Load,
     System,
-    _wait,
     cpu_seconds,
     memory_mb,
+    wait_for,
 )
 
 ANOMALY_EXAMPLE = Path(__file__).resolve().parents[2] / "config" / "examples" / "anomaly.yaml"
@@ -498,7 +498,7 @@ class Bench:
                 for (payload,) in conn.execute("SELECT payload FROM outbox")
             )
         with contextlib.suppress(RuntimeError):
-            _wait(lambda: c.aggregated - aggregated0 + queued >= local, 5, "the last aggregates")
+            wait_for(lambda: c.aggregated - aggregated0 + queued >= local, 5, "the last aggregates")
         upstream = c.aggregated - aggregated0
         if upstream + queued == local:
             result.notes.append(
@@ -611,7 +611,7 @@ def _slope(samples: Sequence[tuple[float, float]]) -> float:
 
 def _wait_quietly(predicate: Callable[[], bool], timeout: float) -> None:
     with contextlib.suppress(RuntimeError):
-        _wait(predicate, timeout, "")
+        wait_for(predicate, timeout, "")
 
 
 def _round(value: float | None) -> float | None:

@@ -42,7 +42,7 @@ def memory_mb(pid: int) -> tuple[float, float]:
     return rss, peak
 
 
-def _wait(predicate: Callable[[], bool], timeout: float, what: str) -> None:
+def wait_for(predicate: Callable[[], bool], timeout: float, what: str) -> None:
     deadline = time.monotonic() + timeout
     while not predicate():
         if time.monotonic() > deadline:
@@ -168,7 +168,7 @@ class GatewayRun(System):
         self._collector = collector
         self._count_upstream = count_upstream
         self._db: sqlite3.Connection | None = None
-        _wait(lambda: ready_line in self.log() or self.proc.poll() is not None, 30, ready_line)
+        wait_for(lambda: ready_line in self.log() or self.proc.poll() is not None, 30, ready_line)
         if self.proc.poll() is not None:
             raise RuntimeError(f"edge-gateway exited: {self.log()[-2000:]}")
 
