@@ -1,4 +1,4 @@
-"""``edge-gateway run | check | replay | query``: the command-line entry point and exit codes.
+"""``edge-gateway run | check | replay | query | bench``: the command line and its exit codes.
 
 Exit codes: 0 ok, 2 invalid configuration, 1 unexpected failure.
 """
@@ -48,6 +48,10 @@ def _parser() -> argparse.ArgumentParser:
     )
     _replay_parser(sub)
     query_cli.add_parser(sub)
+    from gateway.bench.runner import add_arguments as add_bench_arguments
+
+    bench = sub.add_parser("bench", help="measure throughput, latency and memory on this box")
+    add_bench_arguments(bench)
     return parser
 
 
@@ -118,6 +122,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     if args.command == "query":
         return query_cli.main(args)
+    if args.command == "bench":
+        from gateway.bench.runner import run as run_bench
+
+        return run_bench(args)
     try:
         config = load(args.config)
     except ConfigError as exc:

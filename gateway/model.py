@@ -7,14 +7,19 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, field
-from typing import Literal
+from typing import Literal, NamedTuple
 
 AlertState = Literal["raised", "cleared"]
 
 
-@dataclass(frozen=True, slots=True)
-class Reading:
-    """One decoded sensor value."""
+class Reading(NamedTuple):
+    """One decoded sensor value.
+
+    A ``NamedTuple`` rather than a frozen dataclass: it is built once or more per reading on
+    the hot path, and a frozen dataclass's ``__init__`` (one ``object.__setattr__`` per
+    field) costs about three times as much. It is just as immutable; unlike a dataclass it
+    is also a tuple (iterable, equal to a tuple with the same fields), which no code relies on.
+    """
 
     source: str
     device: str

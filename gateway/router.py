@@ -30,6 +30,13 @@ class Outputs(Protocol):
     ) -> None: ...
 
 
+TOPIC_CACHE_MAX = 100_000
+"""Rendered topics a router remembers (about 200 bytes each) before starting afresh."""
+
+_TopicKey = tuple[str, str, str, str, str, str]
+"""(template, kind, step, source, device, metric)"""
+
+
 @dataclass(frozen=True, slots=True)
 class Target:
     """One sink a pipeline forwards to: its id, topic templates per kind and QoS."""
@@ -61,13 +68,24 @@ class Router:
         self._forward_readings = "readings" in forward
         self._forward_aggregates = "aggregates" in forward
         self._forward_alerts = "alerts" in forward
+        self._topics: dict[_TopicKey, str] = {}
 
     def __call__(self, record: Record) -> None:
-        if isinstance(record, Aggregate):
+        if isinstance(record, Reading):
+            if not self._forward_readings:
+                return
+            kind, step, source, priority = "reading", "", record.source, PRIORITY_READING
+        elif isinstance(record, Aggregate):
             self._store.add_aggregate(record)
+            if not self._forward_aggregates:
+                return
+            kind, step, source, priority = "aggregate", record.step, "", PRIORITY_AGGREGATE
         elif isinstance(record, Alert):
             self._store.add_alert(record)
-        if isinstance(record, Message):
+            if not self._forward_alerts:
+                return
+            kind, step, source, priority = "alert", record.step, "", PRIORITY_ALERT
+        else:  # a Message: a step named the topic (an action, a late topic)
             if record.kind == "late":  # a reading a window refused: kept for inspection
                 detail = f"{record.pipeline}/{record.step}: older than the watermark"
                 raw = orjson.dumps({**record.body, "device": record.device, "ts": record.ts})
@@ -75,39 +93,41 @@ class Router:
                     str(record.body.get("source", "")), "late", detail, raw, record.ts
                 )
             if record.topic is None:
-                return  # kept locally only
-            # else: a step named the topic (an action, a late topic): sent whatever `forward` says
-        elif isinstance(record, Reading):
-            if not self._forward_readings:
-                return
-        elif isinstance(record, Aggregate):
-            if not self._forward_aggregates:
-                return
-        elif not self._forward_alerts:
-            return
+                return  # kept locally only; else sent whatever `forward` says
+            kind, step, source, priority = record.kind, record.step, "", PRIORITY_ALERT
         for target in self._targets:
-            if isinstance(record, Reading):
-                template, source, priority = target.reading_topic, record.source, PRIORITY_READING
-            elif isinstance(record, Aggregate):
-                template, source, priority = target.aggregate_topic, "", PRIORITY_AGGREGATE
-            elif isinstance(record, Message):
-                template, source, priority = record.topic or "", "", PRIORITY_ALERT
+            if isinstance(record, Message):
+                template = record.topic or ""
+            elif kind == "reading":
+                template = target.reading_topic
+            elif kind == "aggregate":
+                template = target.aggregate_topic
             else:
-                template, source, priority = target.alert_topic, "", PRIORITY_ALERT
-            topic = render(
-                template,
-                {
-                    "gateway": self._gateway,
-                    "pipeline": self._pipeline,
-                    "step": getattr(record, "step", ""),
-                    "source": source,
-                    "device": record.device,
-                    "metric": record.metric,
-                    "kind": record.kind
-                    if isinstance(record, Message)
-                    else type(record).__name__.lower(),
-                },
-            )
+                template = target.alert_topic
+            key = (template, kind, step, source, record.device, record.metric)
+            topic = self._topics.get(key)
+            if topic is None:
+                topic = self._topic(key)
             msg_id = self._ids.for_record(record, self._pipeline, target.sink)
             payload = encode(record, msg_id, self._gateway, self._pipeline)
             self._store.add_outbox(target.sink, msg_id, topic, payload, target.qos, priority)
+
+    def _topic(self, key: _TopicKey) -> str:
+        """Render and remember one topic (sanitizing costs microseconds; a lookup does not)."""
+        template, kind, step, source, device, metric = key
+        topic = render(
+            template,
+            {
+                "gateway": self._gateway,
+                "pipeline": self._pipeline,
+                "step": step,
+                "source": source,
+                "device": device,
+                "metric": metric,
+                "kind": kind,
+            },
+        )
+        if len(self._topics) >= TOPIC_CACHE_MAX:
+            self._topics.clear()  # bounded memory whatever the number of devices
+        self._topics[key] = topic
+        return topic

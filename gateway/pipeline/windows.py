@@ -6,7 +6,9 @@ every window that contains its ``ts``. A window closes when processing time reac
 ``end + lateness``: a periodic tick on the step's scheduler (every ``min(slide, 1 s)``) emits
 and forgets closed windows, and is also the clock readings are judged by (a reading whose
 windows have all closed is ``late``). So a window is open exactly until the tick that closes
-it, whatever the order of readings and ticks.
+it, whatever the order of readings and ticks. Ticks are aligned to the closing times (epoch
+multiples of the period, shifted by ``(size + lateness) mod period``), so a window closes on
+time rather than up to a period late, and the phase does not drift over a long run.
 """
 
 from __future__ import annotations
@@ -15,10 +17,11 @@ import heapq
 import math
 import random
 import re
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
+from typing import Any
 
 from reactivex import Observable, abc
-from reactivex.disposable import CompositeDisposable
+from reactivex.disposable import CompositeDisposable, MultipleAssignmentDisposable
 
 from gateway.model import Aggregate, Message, Reading, Record
 from gateway.pipeline.context import Operator, StepContext, epoch_seconds, every
@@ -121,6 +124,30 @@ class Accumulator:
             else:
                 out[name] = percentile(ordered, float(name[1:]))
         return out
+
+
+def aligned_ticks(
+    scheduler: abc.SchedulerBase, period: float, offset: float, action: Callable[[], None]
+) -> abc.DisposableBase:
+    """Run ``action`` at every epoch time ``k * period + offset`` until disposed.
+
+    Each tick schedules the next from the current time, so lateness of one timer never
+    accumulates into a drift. Works on any scheduler, virtual time included.
+    """
+    disposable = MultipleAssignmentDisposable()
+
+    def delay() -> float:
+        now = epoch_seconds(scheduler)
+        return (math.floor((now - offset) / period) + 1) * period + offset - now
+
+    def tick(_scheduler: abc.SchedulerBase, _state: Any = None) -> None:
+        if disposable.is_disposed:
+            return
+        disposable.disposable = scheduler.schedule_relative(delay(), tick)  # before: see every()
+        action()
+
+    disposable.disposable = scheduler.schedule_relative(delay(), tick)
+    return disposable
 
 
 WindowKey = tuple[str, str, float]
@@ -234,7 +261,7 @@ def window(
                 close(math.inf)
                 observer.on_completed()
 
-            ticker = every(scheduler, tick_period, on_tick)
+            ticker = aligned_ticks(scheduler, tick_period, close_after % tick_period, on_tick)
             subscription = source.subscribe(on_next, on_error, on_completed, scheduler=scheduler_)
             return CompositeDisposable(ticker, subscription)
 

@@ -251,3 +251,13 @@ def test_samples_are_bounded() -> None:
 
 def test_no_samples_kept_without_percentiles() -> None:
     assert windows.Accumulator(keep_samples=False).samples is None
+
+
+def test_window_closes_on_its_deadline_between_whole_seconds() -> None:
+    # Ticks are aligned to end + lateness (here x.5 s), not to the subscription time:
+    # an aggregate leaves when its window closes, not up to a tick period later.
+    scheduler = TestScheduler()
+    op = windows.window(10.0, None, ("count",), 0.5, step_context(scheduler))
+    xs = scheduler.create_hot_observable(on_next(201, reading(1, ts=201.0)))
+    result = aggregates(scheduler.start(lambda: op(xs)))
+    assert [(t, a.start, a.count) for t, a in result] == [(210.5, 200.0, 1)]

@@ -1,0 +1,77 @@
+"""The upstream side of the benchmark: counts what arrives and measures its latency.
+
+Runs in a thread of the harness, on raw MQTT framing (see ``wire``), subscribed to ``#`` at
+QoS 0 on the upstream broker (what the system under test published at QoS 0 or 1).
+"""
+
+from __future__ import annotations
+
+import os
+import threading
+import time
+
+import orjson
+
+from gateway.bench import wire
+from gateway.bench.agents import PROGRESS_TOPIC
+
+MAX_SAMPLES = 500_000
+_PROGRESS = PROGRESS_TOPIC.encode()
+
+
+class Collector:
+    """Counts messages, records latencies while ``recording``, sums aggregate counts."""
+
+    def __init__(self, host: str, port: int, lateness: float = 2.0) -> None:
+        self.received = 0
+        self.progress = 0
+        """The last count a parse-only ceiling reported on ``PROGRESS_TOPIC``."""
+        self.aggregated = 0
+        """Sum of ``count`` over the aggregates received: readings that went into windows."""
+        self.alerts = 0
+        self.recording = False
+        self.latencies: list[float] = []
+        self.aggregate_latencies: list[float] = []
+        self._lateness = lateness
+        self._conn = wire.Connection(host, port, f"bench-collector-{os.getpid()}")
+        self._conn.subscribe("#", 0)
+        self._thread = threading.Thread(target=self._run, daemon=True, name="collector")
+        self._thread.start()
+
+    def _run(self) -> None:
+        conn = self._conn
+        loads = orjson.loads
+        now = time.time
+        split = wire.split_publish
+        try:
+            while conn.fill():
+                t = now()
+                for first, body in conn.packets():
+                    if first >> 4 != wire.PUBLISH:
+                        continue
+                    topic, payload, _, _ = split(first, body)
+                    if topic == _PROGRESS:
+                        self.progress = int(payload)
+                        continue
+                    self.received += 1
+                    if topic.endswith(b"/agg") or topic.endswith(b"/alert"):
+                        doc = loads(payload)
+                        if doc.get("kind") == "aggregate":
+                            self.aggregated += int(doc["count"])
+                            if self.recording:
+                                closed = float(doc["end"]) + self._lateness
+                                self.aggregate_latencies.append(t - closed)
+                        else:
+                            self.alerts += 1
+                    elif self.recording and len(self.latencies) < MAX_SAMPLES:
+                        self.latencies.append(t - float(loads(payload)["ts"]))
+        except OSError:
+            return
+
+    def reset_latencies(self) -> None:
+        self.latencies = []
+        self.aggregate_latencies = []
+
+    def close(self) -> None:
+        self._conn.close()
+        self._thread.join(timeout=2)

@@ -1,0 +1,68 @@
+"""``edge-gateway bench --quick`` runs every scenario end to end and writes the JSON shape
+users and later changes rely on. Figures are not checked here: they are measurements."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from tests.conftest import MOSQUITTO
+
+REQUIRED = {"name", "readings_per_s", "ratio_to_ceiling", "p50_ms", "p99_ms", "cpu_pct", "rss_mb"}
+
+
+@pytest.mark.integration
+@pytest.mark.timeout(300)
+def test_quick_bench_measures_every_scenario_and_writes_json(tmp_path: Path) -> None:
+    if not Path(MOSQUITTO).exists():
+        pytest.skip("mosquitto is not installed (apt-get install mosquitto)")
+    out = tmp_path / "bench.json"
+    proc = subprocess.run(
+        [sys.executable, "-m", "gateway.cli", "bench", "--quick", "--json", str(out)],
+        capture_output=True,
+        text=True,
+        timeout=280,
+        check=False,
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert "readings/s" in proc.stdout  # the table
+
+    results = json.loads(out.read_text())
+    assert isinstance(results, list)
+    by_name = {r["name"]: r for r in results}
+    for r in results:
+        assert r.keys() >= REQUIRED, r
+        assert not any(n.startswith("failed") for n in r["notes"]), r
+
+    measured = [
+        "ceiling: paho subscribe q0",
+        "ceiling: paho forward q0",
+        "ceiling: paho forward q1",
+        "gateway: forward q0",
+        "gateway: forward q1",
+        "gateway: full, sync normal",
+        "gateway: full, sync FULL",
+        "gateway: serial pty",
+    ]
+    for name in measured:
+        assert by_name[name]["readings_per_s"] > 0, by_name[name]
+        assert by_name[name]["rss_mb"] > 0, by_name[name]
+    for name in measured[3:]:
+        assert by_name[name]["ratio_to_ceiling"] > 0, by_name[name]
+    for name in ("gateway: forward q0", "gateway: forward q1", "ceiling: paho forward q0"):
+        assert 0 < by_name[name]["p50_ms"] <= by_name[name]["p99_ms"], by_name[name]
+    full = by_name["gateway: full, sync normal"]
+    assert full["rss_10k_devices_mb"] > 0
+    assert any(n.startswith("delivered: all aggregates") for n in full["notes"]), full
+
+    for name in ("replay: window aggregate", "replay: default detector"):
+        r = by_name[name]
+        assert r["readings_per_s"] is not None or any("skipped" in n for n in r["notes"]), r
+
+    micro = [r for r in results if r["kind"] == "micro"]
+    assert {"Rx step: window 10s", "Rx step: filter"} <= {r["name"][7:] for r in micro}
+    assert all(r["us_per_reading"] >= 0 for r in micro)
