@@ -202,8 +202,9 @@ class Gateway:
         return routes
 
     def _gateway_alert_router(self) -> Router:
-        """A router for the gateway's own alerts (overflow, silence) to every sink; the first
-        drop by an overflow policy raises one (alerts go first and are dropped last)."""
+        """A router for the gateway's own alerts (overflow, silence, store writes failing) to
+        every sink; the first drop by an overflow policy raises one (alerts go first and are
+        dropped last), and so does each episode of failing commits (e.g. a full disk)."""
         gateway = self.config.gateway.id
         targets = [
             Target(s.id, s.topics.reading, s.topics.aggregate, s.topics.alert, s.qos)
@@ -228,7 +229,28 @@ class Gateway:
                 )
             )
 
+        def write_state(failing: bool, detail: str) -> None:
+            router(
+                Alert(
+                    "gateway",
+                    "store",
+                    gateway,
+                    "store_writes",
+                    "store_write",
+                    "raised" if failing else "cleared",
+                    "critical",
+                    time.time(),
+                    1.0 if failing else 0.0,
+                    0.0,
+                    f"the local store cannot commit ({detail}); readings wait in memory, "
+                    "bounded by store.max_pending"
+                    if failing
+                    else "the local store commits again",
+                )
+            )
+
         self.store.on_first_drop = raise_alert
+        self.store.on_write_state = write_state
         return router
 
     def _start(self, name: str, factory: Callable[[], Awaitable[None]]) -> None:

@@ -225,6 +225,10 @@ class Store:
         self._waiters: deque[tuple[int, Callable[[], None]]] = deque()
         self.on_first_drop: Callable[[str, int], None] | None = None
         """Told ``(counter, n)`` of the first overflow drop of each kind in this process."""
+        self.on_write_state: Callable[[bool, str], None] | None = None
+        """Told ``(True, error)`` when commits start failing (e.g. disk full), ``(False, "")``
+        when one succeeds again: one call per episode, so the gateway raises one alert."""
+        self._write_failing = False
         self._ob_rows = 0  # outbox totals, writer thread only
         self._taken: dict[str, frozenset[int]] = {}  # per sink, the rows in flight (writer thread)
         self._ob_bytes = 0
@@ -461,8 +465,17 @@ class Store:
             self._n_pending += batch.size
             self._counters.inc(COMPONENT, "write_errors")
             log.error("store: committing %d items failed: %r", batch.size, exc)
+            if not self._write_failing:
+                self._write_failing = True
+                if self.on_write_state is not None:
+                    self.on_write_state(True, repr(exc))
             return
         written = fut.result()
+        if self._write_failing:
+            self._write_failing = False
+            log.warning("store: commits succeed again")
+            if self.on_write_state is not None:
+                self.on_write_state(False, "")
         self._committed_upto = max(self._committed_upto, batch.upto)
         self._release_waiters()
         c = self._counters

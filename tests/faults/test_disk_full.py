@@ -81,6 +81,16 @@ def test_disk_full_then_space_freed(
         summary = fleet.join(120)
         wait_stored(gw, summary.sent, 60)
         tally = reconcile("5 disk full", gw, collector, sent_keys(summary))
+        # One alert for the episode: raised when commits began failing, cleared on recovery
+        # (sent once the store can commit again: the outbox lives in the same file).
+        collector.wait_for(
+            lambda c: (
+                {"raised", "cleared"}
+                <= {a["state"] for a in c.of_kind("alert") if a["detector"] == "store_write"}
+            ),
+            30,
+            "the store_write alert raised and cleared upstream",
+        )
         assert gw.stop() == 0
         assert tally.lost == 0
     finally:
