@@ -69,6 +69,8 @@ class _Broker:
 
 
 def _show(doc: dict[str, Any]) -> str:
+    if "kind" not in doc:  # the gateway's retained online/offline status
+        return f"STATUS {doc.get('gateway')} {doc.get('state')} ({doc.get('reason')})"
     where = f"{doc.get('device')}/{doc.get('metric')}"
     if doc.get("kind") == "aggregate":
         s = doc.get("stats", {})
