@@ -24,6 +24,7 @@ from pathlib import Path
 from typing import Any
 
 import paho.mqtt.client as mqtt
+from paho.mqtt.enums import CallbackAPIVersion
 
 from simulators.mqtt_fleet import run_fleet
 from simulators.serial_device import SerialDevice, run_serial
@@ -112,7 +113,7 @@ def run_demo(
             f"serial sensor on {serial_dev.path}; store {work / 'demo.db'}"
         )
 
-        sub = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id="demo-viewer")
+        sub = mqtt.Client(CallbackAPIVersion.VERSION2, client_id="demo-viewer")
         sub.on_connect = lambda c, *_: c.subscribe("site/#", qos=1)
         sub.on_message = lambda _c, _u, m: print(_show(json.loads(m.payload)), flush=True)
         sub.connect("127.0.0.1", upstream.port)
@@ -122,7 +123,12 @@ def run_demo(
         gateway = subprocess.Popen(
             [sys.executable, "-m", "gateway.cli", "run", "-c", str(config)], env=env
         )
-        stack.callback(lambda: gateway.poll() is None and gateway.send_signal(signal.SIGTERM))
+
+        def stop_gateway() -> None:
+            if gateway.poll() is None:
+                gateway.send_signal(signal.SIGTERM)
+
+        stack.callback(stop_gateway)
         overheat = parse_fault("drift:device=dev-002,metric=temperature,at=3s,rate=3600")
         threads = [
             threading.Thread(
