@@ -47,7 +47,11 @@ def detections(config: Config, data_dir: Path, names: Sequence[str]) -> dict[str
 
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("-c", "--config", default="config/examples/anomaly.yaml")
+    parser.add_argument(
+        "-c",
+        "--config",
+        default=str(Path(__file__).resolve().parents[2] / "config" / "examples" / "anomaly.yaml"),
+    )
     parser.add_argument("--data-dir", required=True, help="holds labels.json and the CSVs")
     parser.add_argument("--scorer", required=True, help="path of nab_score.py")
     parser.add_argument("--profile", default="standard")

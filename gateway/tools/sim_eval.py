@@ -21,6 +21,7 @@ import statistics
 import sys
 from collections import defaultdict
 from collections.abc import Iterator, Sequence
+from pathlib import Path
 
 import orjson
 
@@ -41,6 +42,10 @@ DEFAULT_FAULTS = (
 )
 
 
+DEFAULT_CONFIG = Path(__file__).resolve().parents[2] / "config" / "examples" / "defects.yaml"
+"""The example in a checkout (the tools run from a clone of the repository)."""
+
+
 def recording(
     source: ReadingSource, start: float, interval: float, steps: int
 ) -> Iterator[Reading]:
@@ -56,7 +61,7 @@ def recording(
 
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("-c", "--config", default="config/examples/defects.yaml")
+    parser.add_argument("-c", "--config", default=str(DEFAULT_CONFIG))
     parser.add_argument("--devices", type=int, default=20)
     parser.add_argument("--metric", default="temperature")
     parser.add_argument("--interval", type=float, default=60.0, help="seconds between readings")

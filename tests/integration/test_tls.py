@@ -249,7 +249,8 @@ def test_daemon_over_mtls_keeps_storing_while_upstream_refuses_then_reloads(
         wait_until(lambda: gw.count("readings") >= 200, 20, "200 readings stored over mTLS")
         gw.wait_log("circuit breaker closed -> open")
         log = gw.log()
-        assert "sink upstream: cannot connect to 127.0.0.1" in log
+        assert "sink upstream: 127.0.0.1" in log
+        assert "refused the connection" in log
         assert "authoriz" in log.lower()
         assert "not-the-password" not in log
         assert "local-pw" not in log
