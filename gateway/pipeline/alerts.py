@@ -4,10 +4,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from reactivex import Observable, abc
-
-from gateway.model import Aggregate, Alert, AlertState, Reading, Record
-from gateway.pipeline.context import Operator, StepContext
+from gateway.model import Aggregate, Alert, AlertState, Reading
+from gateway.pipeline.context import Operator, StepContext, tap
 
 
 @dataclass(slots=True)
@@ -43,7 +41,6 @@ def threshold(
         -70--81R-85--79--77C-|     R = raised after 81, C = cleared after 77
     """
     states: dict[tuple[str, str], _KeyState] = {}
-    counters, component = ctx.counters, ctx.component
     pipeline, step = ctx.pipeline, ctx.step
     high = above if above is not None else float("inf")
     low = below if below is not None else float("-inf")
@@ -98,28 +95,4 @@ def threshold(
             state.beyond_since = None
         return None
 
-    def operator(source: Observable[Record]) -> Observable[Record]:
-        def subscribe(
-            observer: abc.ObserverBase[Record], scheduler: abc.SchedulerBase | None = None
-        ) -> abc.DisposableBase:
-            emit = observer.on_next
-
-            def on_next(item: Record) -> None:
-                emit(item)
-                if not isinstance(item, Reading | Aggregate):
-                    return
-                try:
-                    transition = evaluate(item)
-                except Exception:  # the per-item boundary: count, carry on (the item passed)
-                    counters.inc(component, "error")
-                    return
-                if transition is not None:
-                    emit(transition)
-
-            return source.subscribe(
-                on_next, observer.on_error, observer.on_completed, scheduler=scheduler
-            )
-
-        return Observable(subscribe)
-
-    return operator
+    return tap(evaluate, ctx)

@@ -15,7 +15,7 @@ from reactivex import Observable, abc
 from reactivex.disposable import MultipleAssignmentDisposable
 
 from gateway.counters import Counters
-from gateway.model import Record
+from gateway.model import Aggregate, Reading, Record
 
 Operator = Callable[[Observable[Record]], Observable[Record]]
 """A built step: an Rx operator from records to records."""
@@ -61,3 +61,38 @@ def every(
 
     disposable.disposable = scheduler.schedule_relative(period, tick)
     return disposable
+
+
+def tap(evaluate: Callable[[Reading | Aggregate], Record | None], ctx: StepContext) -> Operator:
+    """Pass every item through; after a reading or aggregate, emit what ``evaluate`` returns.
+
+    The shape of every detector step. An item whose evaluation fails is counted as ``error``
+    and still passes (the step only observes the stream).
+    """
+    counters, component = ctx.counters, ctx.component
+
+    def operator(source: Observable[Record]) -> Observable[Record]:
+        def subscribe(
+            observer: abc.ObserverBase[Record], scheduler: abc.SchedulerBase | None = None
+        ) -> abc.DisposableBase:
+            emit = observer.on_next
+
+            def on_next(item: Record) -> None:
+                emit(item)
+                if type(item) is not Reading and type(item) is not Aggregate:
+                    return
+                try:
+                    found = evaluate(item)
+                except Exception:  # the per-item boundary: count, carry on (the item passed)
+                    counters.inc(component, "error")
+                    return
+                if found is not None:
+                    emit(found)
+
+            return source.subscribe(
+                on_next, observer.on_error, observer.on_completed, scheduler=scheduler
+            )
+
+        return Observable(subscribe)
+
+    return operator

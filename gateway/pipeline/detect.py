@@ -19,11 +19,9 @@ import math
 from dataclasses import dataclass
 from math import isfinite
 
-from reactivex import Observable, abc
-
 from gateway.counters import Counters
-from gateway.model import Aggregate, Alert, Reading, Record
-from gateway.pipeline.context import Operator, StepContext
+from gateway.model import Aggregate, Alert, Reading
+from gateway.pipeline.context import Operator, StepContext, tap
 from gateway.pipeline.scorers import Finding, Scorer, ScorerFactory
 
 
@@ -146,31 +144,4 @@ def detect(detector: Detector, ctx: StepContext) -> Operator:
         -50--120--130--60--|
         -50--120R-130--60C-|     R = raised after 120, C = cleared after 60
     """
-    counters, component = ctx.counters, ctx.component
-    feed = detector.feed
-
-    def operator(source: Observable[Record]) -> Observable[Record]:
-        def subscribe(
-            observer: abc.ObserverBase[Record], scheduler: abc.SchedulerBase | None = None
-        ) -> abc.DisposableBase:
-            emit = observer.on_next
-
-            def on_next(item: Record) -> None:
-                emit(item)
-                if type(item) is not Reading and type(item) is not Aggregate:
-                    return
-                try:
-                    transition = feed(item)
-                except Exception:  # the per-item boundary: count, carry on (the item passed)
-                    counters.inc(component, "error")
-                    return
-                if transition is not None:
-                    emit(transition)
-
-            return source.subscribe(
-                on_next, observer.on_error, observer.on_completed, scheduler=scheduler
-            )
-
-        return Observable(subscribe)
-
-    return operator
+    return tap(detector.feed, ctx)
