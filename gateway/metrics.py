@@ -20,6 +20,7 @@ from prometheus_client import CollectorRegistry, ProcessCollector, generate_late
 from prometheus_client.core import (
     CounterMetricFamily,
     GaugeMetricFamily,
+    HistogramMetricFamily,
     Metric,
     SummaryMetricFamily,
 )
@@ -27,7 +28,7 @@ from prometheus_client.registry import Collector
 from pydantic import Field
 
 from gateway.config.types import StrictModel
-from gateway.counters import Counters
+from gateway.counters import Counters, Durations
 from gateway.health import Monitor, StoreView
 from gateway.pipeline.metering import Meters
 from gateway.sinks.resilience import BreakerState
@@ -44,7 +45,7 @@ STORE_COUNTERS = (
     "write_errors",
     "lost_on_close",
 )
-SINK_COUNTERS = ("published", "acked", "failures")
+SINK_COUNTERS = ("published", "acked", "refused", "retries", "failures")
 STEP_EVENTS = ("error", "late", "duplicate", "future_ts")
 
 
@@ -148,6 +149,15 @@ class GatewayCollector(Collector):
         for pipeline, t in list(self._meters.pipelines.items()):
             processing.add_metric([pipeline], t.count, t.seconds)
         yield processing
+
+        commits = self._counters.durations().get(("store", "commit_seconds")) or Durations()
+        yield HistogramMetricFamily(
+            "edge_gateway_store_commit_seconds",
+            "time to commit one batch of the store (queued on its writer thread, then one"
+            " transaction)",
+            buckets=commits.buckets(),
+            sum_value=commits.total,
+        )
 
         alerts = CounterMetricFamily(
             "edge_gateway_alerts_raised", "alerts raised", labels=["pipeline", "severity"]

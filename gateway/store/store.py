@@ -28,7 +28,8 @@ leave only when acked.
 
 Counters (component ``store``): ``readings_written``, ``duplicates``, ``dead_letters``,
 ``rejected``, ``retention_deleted``, ``write_errors``, ``lost_on_close``, ``pending_dropped``,
-``outbox_dropped``, ``outbox_expired``.
+``outbox_dropped``, ``outbox_expired``; and the duration histogram ``commit_seconds``, one
+observation per batch (from handing it to the writer thread to its commit or failure).
 """
 
 from __future__ import annotations
@@ -222,6 +223,7 @@ class Store:
         self._added = 0  # sequence number of the last add
         self._committed_upto = 0  # every add up to this sequence number is committed
         self._inflight: asyncio.Future[_Written] | None = None
+        self._inflight_since = 0.0
         self._waiters: deque[tuple[int, Callable[[], None]]] = deque()
         self.on_first_drop: Callable[[str, int], None] | None = None
         """Told ``(counter, n)`` of the first overflow drop of each kind in this process."""
@@ -446,6 +448,7 @@ class Store:
         self._n_pending = 0
         fut = self._submit(self._write_batch, batch)
         self._inflight = fut
+        self._inflight_since = time.perf_counter()
         # The callback does the bookkeeping even if the awaiting task is cancelled meanwhile.
         fut.add_done_callback(partial(self._on_written, batch))
         await asyncio.wait((fut,))
@@ -454,6 +457,10 @@ class Store:
 
     def _on_written(self, batch: _Batch, fut: asyncio.Future[_Written]) -> None:
         self._inflight = None
+        if not fut.cancelled():  # one batch: queued behind reads, then one transaction
+            self._counters.observe(
+                COMPONENT, "commit_seconds", time.perf_counter() - self._inflight_since
+            )
         exc = None if fut.cancelled() else fut.exception()
         if fut.cancelled() or exc is not None:
             # Put the batch back in front, so order is kept and nothing is lost.

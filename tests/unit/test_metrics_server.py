@@ -13,7 +13,9 @@ import pytest
 from gateway.counters import Counters
 from gateway.health import Monitor
 from gateway.metrics import HttpConfig, MetricsServer
+from gateway.model import Reading
 from gateway.pipeline.metering import Meters
+from gateway.sinks.resilience import BreakerState
 from gateway.store.config import StoreConfig
 from gateway.store.store import Store
 
@@ -81,3 +83,77 @@ async def test_a_taken_port_is_logged_and_the_gateway_goes_on(
         assert s.port is None
         assert f"cannot listen on 127.0.0.1:{port}" in caplog.text
         await s.stop()
+
+
+def samples(text: str, name: str) -> dict[str, float]:
+    """``{labels: value}`` of every sample of ``name`` in a scrape."""
+    out = {}
+    for line in text.splitlines():
+        metric, _, value = line.rpartition(" ")
+        if metric == name or metric.startswith(name + "{"):
+            out[metric.removeprefix(name)] = float(value)
+    return out
+
+
+async def test_every_store_commit_is_one_latency_observation(tmp_path: Path) -> None:
+    counters = Counters()
+    async with Store(StoreConfig(path=tmp_path / "gw.db"), counters) as store:
+        s = server(store, 0, counters, Monitor(store, dict, counters, stall_after=10))
+        await s.start()
+        try:
+            async with aiohttp.ClientSession() as http:
+                url = f"http://127.0.0.1:{s.port}/metrics"
+                async with http.get(url) as r:
+                    before = samples(await r.text(), "edge_gateway_store_commit_seconds_count")
+                for batch in range(3):  # three batches of 100 rows: three commits
+                    store.add_readings(
+                        Reading("fleet", "p1", "t", 1.0, 1_700_000_000.0 + n, n)
+                        for n in range(batch * 100, batch * 100 + 100)
+                    )
+                    await store.flush()
+                async with http.get(url) as r:
+                    text = await r.text()
+        finally:
+            await s.stop()
+    assert before == {"": 0.0}
+    assert samples(text, "edge_gateway_store_commit_seconds_count") == {"": 3.0}
+    assert 0 < samples(text, "edge_gateway_store_commit_seconds_sum")[""] < 30
+    buckets = list(samples(text, "edge_gateway_store_commit_seconds_bucket").items())
+    assert buckets[-1] == ('{le="+Inf"}', 3.0)
+    assert [n for _, n in buckets] == sorted(n for _, n in buckets)  # cumulative
+    assert samples(text, "edge_gateway_store_rows_total")['{event="readings_written"}'] == 300
+
+
+async def test_sink_counters_and_breaker_state_are_exported(store: Store) -> None:
+    counters = Counters()
+    for event, n in {
+        "published": 12,
+        "acked": 9,
+        "refused": 1,
+        "retries": 2,
+        "failures": 1,
+    }.items():
+        counters.inc("upstream", event, n)
+    monitor = Monitor(store, lambda: {"upstream": (BreakerState.OPEN, 3)}, counters, stall_after=10)
+    await monitor.check()
+    s = server(store, 0, counters, monitor)
+    await s.start()
+    try:
+        async with (
+            aiohttp.ClientSession() as http,
+            http.get(f"http://127.0.0.1:{s.port}/metrics") as r,
+        ):
+            text = await r.text()
+    finally:
+        await s.stop()
+    assert samples(text, "edge_gateway_sink_messages_total") == {
+        f'{{event="{event}",sink="upstream"}}': n
+        for event, n in {
+            "published": 12, "acked": 9, "refused": 1, "retries": 2, "failures": 1
+        }.items()
+    }  # fmt: skip
+    assert samples(text, "edge_gateway_sink_breaker_state") == {
+        '{sink="upstream",state="closed"}': 0.0,
+        '{sink="upstream",state="open"}': 1.0,
+        '{sink="upstream",state="half_open"}': 0.0,
+    }
