@@ -36,6 +36,9 @@ class Outcome(Enum):
 
 log = logging.getLogger("gateway.sinks.forwarder")
 
+UNCONFIRMED_REMEMBERED = 100_000
+"""Sent-but-unacknowledged ids kept for counting retries (a bound, not a limit on sends)."""
+
 
 class Publisher(Protocol):
     """A connection to one upstream."""
@@ -88,6 +91,8 @@ class Forwarder:
         if drain_rate is not None:  # about a second per batch, so a new alert waits <= ~1 s
             self._batch = max(1, min(batch, int(drain_rate)))
         self.idle = asyncio.Event()
+        self._unconfirmed: set[int] = set()
+        """Outbox ids sent and not acknowledged yet: a new send of one is a retry."""
 
     def _breaker_changed(self, old: BreakerState, new: BreakerState) -> None:
         self._counters.inc(self.sink_id, f"breaker_{new.value}")
@@ -123,12 +128,14 @@ class Forwarder:
             return
         if rows[0].attempts:
             rows = rows[:1]  # a suspect goes alone, so its outcome is its own
+        self._count_sends(rows)
         outcomes = await self._publisher.publish(rows)
         acked = [r.id for r, o in zip(rows, outcomes, strict=True) if o is Outcome.ACKED]
         refused = [r for r, o in zip(rows, outcomes, strict=True) if o is Outcome.REFUSED]
         suspect = next(
             (r for r, o in zip(rows, outcomes, strict=True) if o is Outcome.UNCONFIRMED), None
         )
+        self._unconfirmed.difference_update(acked)
         if acked:
             await self._store.outbox_ack(acked)
             self._counters.inc(self.sink_id, "acked", len(acked))
@@ -145,7 +152,20 @@ class Forwarder:
                 f"{unconfirmed} of {len(rows)} messages not acknowledged, {len(refused)} refused"
             )
 
+    def _count_sends(self, rows: list[OutboxRow]) -> None:
+        """``published`` counts every send, ``retries`` the sends of a row sent before and
+        not acknowledged (refused, or unconfirmed when a connection dropped or acks were late)."""
+        ids = [r.id for r in rows]
+        retries = sum(i in self._unconfirmed for i in ids)
+        if len(self._unconfirmed) > UNCONFIRMED_REMEMBERED:  # rows dropped by the outbox policy
+            self._unconfirmed.clear()
+        self._unconfirmed.update(ids)
+        self._counters.inc(self.sink_id, "published", len(rows))
+        if retries:
+            self._counters.inc(self.sink_id, "retries", retries)
+
     async def _bury(self, rows: list[OutboxRow], reason: str) -> None:
+        self._unconfirmed.difference_update(r.id for r in rows)
         await self._store.outbox_dead_letter(rows, self.sink_id, reason)
         self._counters.inc(self.sink_id, f"dead_{reason}", len(rows))
         log.error(

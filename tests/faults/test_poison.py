@@ -93,6 +93,10 @@ async def test_refused_and_oversized_messages_are_dead_lettered_and_the_rest_flo
         ]
         assert dead[1]["detail"].startswith("denied on site/poison/x after 2 attempts")
         assert counters.get("up", "refused") == 3
+        # Sent: the 100 good rows once, the denied one three times (two retries); the
+        # oversized one never.
+        assert (counters.get("up", "published"), counters.get("up", "retries")) == (103, 2)
+        assert counters.get("up", "acked") == 100
     finally:
         collector.close()
 
