@@ -49,6 +49,9 @@ log = logging.getLogger("gateway.app")
 
 CHECK_INTERVAL = 5.0
 """Seconds between health checks when systemd asks for no watchdog."""
+READY_TIMEOUT = 45.0
+"""Seconds to wait for every source's first connect attempt before ``READY=1`` anyway (an
+MQTT attempt ends within its 30 s CONNACK timeout; the unit's TimeoutStartSec is 60 s)."""
 
 
 @dataclass
@@ -340,7 +343,7 @@ class Gateway:
             )
             if server is not None:
                 await server.start()
-            await asyncio.sleep(0)  # let every source start connecting
+            await self._sources_settled(stop)
             await self.monitor.check()
             log.info(
                 "gateway %s running: %d sources, %d pipelines, %d sinks",
@@ -386,6 +389,30 @@ class Gateway:
 
     def _alive(self, watchdog: bool, verdict: Verdict) -> None:
         if watchdog:
+    async def _sources_settled(self, stop: asyncio.Event) -> None:
+        """Return once every source's first connect attempt is over (connected, or failed
+        and retrying), after ``READY_TIMEOUT`` seconds, or when asked to stop."""
+
+        async def settled() -> None:
+            for source in list(self.sources.values()):
+                await source.settled.wait()
+
+        waiter = asyncio.create_task(settled(), name="sources-settled")
+        stopping = asyncio.create_task(stop.wait(), name="stop-while-starting")
+        await asyncio.wait(
+            (waiter, stopping), timeout=READY_TIMEOUT, return_when=asyncio.FIRST_COMPLETED
+        )
+        waiter.cancel()
+        stopping.cancel()
+        await asyncio.gather(waiter, stopping, return_exceptions=True)
+        late = [s.id for s in self.sources.values() if not s.settled.is_set()]
+        if late and not stop.is_set():
+            log.warning(
+                "sources %s still on their first connect after %.0fs; ready anyway",
+                ", ".join(late),
+                READY_TIMEOUT,
+            )
+
             self.notifier.watchdog()
         depths = {sink: s.depth for sink, s in verdict.sinks.items()}
         self.notifier.status(status.status_line(self.counters.snapshot(), depths))

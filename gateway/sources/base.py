@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import time
 from collections.abc import Callable
 from typing import Protocol
@@ -28,6 +29,8 @@ class Source(Protocol):
     """A long-running producer of readings; ``run`` returns only when cancelled."""
 
     id: str
+    settled: asyncio.Event
+    """Set once the first attempt to connect is over: connected, or failed and retrying."""
 
     async def run(self, intake: Intake) -> None: ...
 

@@ -207,6 +207,7 @@ class MqttSource:
         self.client_id = config.broker.client_id or f"{gateway_id}-{config.id}"
         self._topics: dict[str, tuple[str | None, str | None]] = {}  # topic -> device, metric
         self.connected = asyncio.Event()
+        self.settled = asyncio.Event()
 
     def route(self, decoding: Decoding, intake: Intake, topic: str, payload: bytes) -> None:
         """Decode one message (or dead-letter it) by the pattern its topic matches."""
@@ -241,6 +242,7 @@ class MqttSource:
             finally:
                 self.connected.clear()
                 conn.close()
+            self.settled.set()  # the first attempt failed: retrying from now on
             delay = backoff.next_delay()
             log.warning(
                 "source %s: broker %s:%d %s; retrying in %.1fs",
@@ -278,5 +280,6 @@ class MqttSource:
         )
         backoff.reset()
         self.connected.set()
+        self.settled.set()
         await conn.driver.lost
         return "connection lost"

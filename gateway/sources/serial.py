@@ -121,6 +121,7 @@ class SerialSource:
         self.id = config.id
         self.config = config
         self.connected = asyncio.Event()
+        self.settled = asyncio.Event()
 
     async def run(self, intake: Intake) -> None:
         cfg = self.config
@@ -141,6 +142,7 @@ class SerialSource:
                     stopbits=cfg.stopbits,
                 )
             except (serial.SerialException, OSError) as exc:
+                self.settled.set()  # the first attempt failed: retrying from now on
                 delay = backoff.next_delay()
                 log.warning(
                     "source %s: cannot open %s (%s); retrying in %.1fs",
@@ -155,6 +157,7 @@ class SerialSource:
             log.info("source %s: reading %s at %d baud", self.id, cfg.port, cfg.baudrate)
             backoff.reset()
             self.connected.set()
+            self.settled.set()
             try:
                 reason = await framer.lost
             finally:

@@ -145,6 +145,66 @@ def test_systemd_sees_ready_watchdog_status_reload_and_stopping(
             gw.stop()
 
 
+class Mute:
+    """A TCP listener that accepts and, without a word, hangs up ``hold`` seconds later: an
+    MQTT broker whose CONNACK never comes, so the first connect attempt takes that long."""
+
+    def __init__(self, hold: float) -> None:
+        self.sock = socket.create_server(("127.0.0.1", 0))
+        self.port = int(self.sock.getsockname()[1])
+        self._hold = hold
+        threading.Thread(target=self._serve, daemon=True).start()
+
+    def _serve(self) -> None:
+        while True:
+            try:
+                conn, _ = self.sock.accept()
+            except OSError:
+                return  # closed
+            threading.Timer(self._hold, conn.close).start()
+
+    def close(self) -> None:
+        self.sock.close()
+
+
+def test_ready_only_once_the_store_is_open_and_every_source_has_tried(
+    tmp_path: Path, broker: Broker, upstream_broker: Broker, notify: NotifySocket
+) -> None:
+    mute = Mute(hold=1.5)  # the "slow" source's first attempt ends after 1.5 s; then it retries
+    config = gateway_config(
+        tmp_path,
+        sources=[
+            fleet_source(broker.port),
+            {**fleet_source(mute.port), "id": "slow"},
+            {
+                "id": "tty",
+                "type": "serial",
+                "port": str(tmp_path / "no-such-tty"),
+                "format": {"type": "csv", "columns": ["device", "metric", "value"]},
+            },
+        ],
+        pipelines=[stats_pipeline()],
+        upstream_port=upstream_broker.port,
+    )
+    gw = GatewayProcess(tmp_path, config)
+    gw.start()
+    try:
+        assert notify.next("READY")["READY"] == "1"
+        tables = {name for (name,) in gw.query("SELECT name FROM sqlite_master")}
+        assert {"readings", "outbox"} <= tables  # the store was open
+        log = gw.log()
+        running = log.index("gateway gw-test running:")  # logged just before READY=1
+        assert -1 < log.find("source fleet: subscribed") < running, log
+        slow = f"source slow: broker 127.0.0.1:{mute.port} did not answer CONNECT; retrying"
+        assert -1 < log.find(slow) < running, log
+        assert -1 < log.find("source tty: cannot open") < running, log
+        assert gw.stop() == 0
+    finally:
+        mute.close()
+        if gw.proc is not None and gw.proc.poll() is None:
+            gw.stop()
+
+
 def test_metrics_health_and_readiness_endpoints(
     tmp_path: Path, broker: Broker, upstream_broker: Broker
 ) -> None:
@@ -191,6 +251,18 @@ def test_metrics_health_and_readiness_endpoints(
             sample(text, "edge_gateway_pipeline_processing_seconds_count", pipeline="stats") == 400
         )
         assert "edge_gateway_event_loop_lag_seconds" in text
+        assert sample(text, "edge_gateway_store_commit_seconds_count") >= 1
+        assert sample(text, "edge_gateway_store_commit_seconds_bucket", le="+Inf") == sample(
+            text, "edge_gateway_store_commit_seconds_count"
+        )
+        wait_until(lambda: gw.count("outbox") == 0, 20, "the aggregates to be acknowledged")
+        text = get(f"{base}/metrics")[1]
+        upstream = {"sink": "upstream"}
+        acked = sample(text, "edge_gateway_sink_messages_total", **upstream, event="acked")
+        assert sample(text, "edge_gateway_sink_messages_total", **upstream, event="published") >= (
+            acked
+        )
+        assert acked >= 1
         assert "edge_gateway_outbox_oldest_age_seconds" in text
 
         code, body = get(f"{base}/healthz")
@@ -215,6 +287,16 @@ def test_metrics_health_and_readiness_endpoints(
             assert ready["sinks"]["upstream"]["outbox"] >= 3
             assert ready["sinks"]["upstream"]["connected"] is False
             assert get(f"{base}/healthz")[0] == 200  # alive: the breaker is open on purpose
+            text = get(f"{base}/metrics")[1]
+            assert sample(text, "edge_gateway_sink_messages_total", **upstream, event="failures")
+            wait_until(
+                lambda: sample(
+                    get(f"{base}/metrics")[1], "edge_gateway_sink_breaker_state", **upstream,
+                    state="open",
+                ) == 1,
+                30,
+                "the breaker to show open in /metrics",
+            )  # fmt: skip
         finally:
             stop.set()
             fleet.join(30)
