@@ -137,6 +137,7 @@ class Gateway:
         self._intake: Intake | None = None
         self._scheduler: AsyncIOScheduler | None = None
         self._reload_requested = asyncio.Event()
+        self._metrics: MetricsServer | None = None
         self._reloaded = asyncio.Condition()
         self.monitor = Monitor(
             self.store,
@@ -309,6 +310,7 @@ class Gateway:
             if http.enabled
             else None
         )
+        self._metrics = server
         async with asyncio.TaskGroup() as tg:
             self._tg = tg
             store_task = tg.create_task(self.store.run(), name="store")
@@ -387,8 +389,6 @@ class Gateway:
         self.notifier.close()
         log.info("stopped; totals: %s", status.status_line(self.counters.snapshot(), depths))
 
-    def _alive(self, watchdog: bool, verdict: Verdict) -> None:
-        if watchdog:
     async def _sources_settled(self, stop: asyncio.Event) -> None:
         """Return once every source's first connect attempt is over (connected, or failed
         and retrying), after ``READY_TIMEOUT`` seconds, or when asked to stop."""
@@ -413,6 +413,8 @@ class Gateway:
                 READY_TIMEOUT,
             )
 
+    def _alive(self, watchdog: bool, verdict: Verdict) -> None:
+        if watchdog:
             self.notifier.watchdog()
         depths = {sink: s.depth for sink, s in verdict.sinks.items()}
         self.notifier.status(status.status_line(self.counters.snapshot(), depths))
@@ -507,6 +509,8 @@ class Gateway:
             if s.id in changes.sources:
                 self._start_source(self._source(new, s.id))
         self.config = new
+        if self._metrics is not None:  # metrics by source id: the new ones count from now on
+            self._metrics.collector.sources = [s.id for s in new.sources]
         log.info("reloaded: %s", changes.describe())
         return changes
 
@@ -519,7 +523,13 @@ class Gateway:
         from gateway.web.server import run_web  # aiohttp is imported only when the UI is on
 
         assert self.live is not None
-        await run_web(self.config, self.counters, self.live, list(self.forwarders.values()))
+        await run_web(
+            self.config,
+            self.counters,
+            self.live,
+            lambda: [s.id for s in self.config.sources],
+            lambda: {k: f.breaker.state.value for k, f in self.forwarders.items()},
+        )
 
 
 def _pipeline_failed(pipeline: str, exc: Exception) -> None:

@@ -1,4 +1,8 @@
-"""Gateway health for the page: per-source counts and rates, per-sink outbox and breaker."""
+"""Gateway health for the page: per-source counts and rates, per-sink outbox and breaker.
+
+The sources and sinks are asked for at each snapshot, so a reload that adds, removes or
+replaces one shows on the page at once.
+"""
 
 from __future__ import annotations
 
@@ -18,14 +22,16 @@ class Health:
         self,
         gateway: str,
         counters: Counters,
-        sources: Sequence[str],
-        breakers: Mapping[str, Callable[[], str]],
+        sources: Callable[[], Sequence[str]],
+        breakers: Callable[[], Mapping[str, str]],
         clock: Callable[[], float],
     ) -> None:
+        """``sources`` gives the running source ids, ``breakers`` each running sink's breaker
+        state; both are called at every snapshot."""
         self._gateway = gateway
         self._counters = counters
-        self._sources = tuple(sources)
-        self._breakers = dict(breakers)
+        self._sources = sources
+        self._breakers = breakers
         self._clock = clock
         self._started = clock()
         self._base: tuple[float, dict[tuple[str, str], int]] = (self._started, {})
@@ -49,7 +55,7 @@ class Health:
             return self._rates.get(key, 0.0)
 
         sources = []
-        for source in self._sources:
+        for source in self._sources():
             readings = counts.get((source, "readings"), 0)
             last_count, last_grew = self._seen.get(source, (0, None))
             if readings > last_count:
@@ -73,13 +79,13 @@ class Health:
         sinks = [
             {
                 "id": sink,
-                "breaker": state(),
+                "breaker": state,
                 "outbox": outbox.get(sink, 0),
                 "acked": counts.get((sink, "acked"), 0),
                 "rate": rate(sink, "acked"),
                 "failures": counts.get((sink, "failures"), 0),
             }
-            for sink, state in self._breakers.items()
+            for sink, state in self._breakers().items()
         ]
         return {
             "gateway": self._gateway,

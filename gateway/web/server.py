@@ -15,12 +15,11 @@ Routes (all GET):
 from __future__ import annotations
 
 import asyncio
-import functools
 import hmac
 import logging
 import sqlite3
 import time
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from importlib import resources
 from typing import Any
 
@@ -31,7 +30,6 @@ from aiohttp.typedefs import Middleware
 from gateway.config.model import Config
 from gateway.counters import Counters
 from gateway.logs import RateLimitedLog
-from gateway.sinks.forwarder import Forwarder
 from gateway.web import queries
 from gateway.web.config import WebConfig
 from gateway.web.health import Health
@@ -286,17 +284,22 @@ async def serve(
 
 
 async def run_web(
-    config: Config, counters: Counters, feed: LiveFeed, forwarders: Sequence[Forwarder]
+    config: Config,
+    counters: Counters,
+    feed: LiveFeed,
+    sources: Callable[[], Sequence[str]],
+    breakers: Callable[[], Mapping[str, str]],
 ) -> None:
-    """The gateway's web task: serve ``config.web`` until cancelled.
+    """The gateway's web task: serve ``config.web`` until cancelled; ``sources`` and
+    ``breakers`` tell the running sources and sinks (they change on reload).
 
     A port that cannot be bound is logged as an error and the gateway runs on without its UI.
     """
     health_ = Health(
         config.gateway.id,
         counters,
-        [s.id for s in config.sources],
-        {f.sink_id: functools.partial(_breaker_state, f) for f in forwarders},
+        sources,
+        breakers,
         time.time,
     )
     store = ReadOnlyStore(config.store.path)
@@ -309,7 +312,3 @@ async def run_web(
             config.web.port,
             exc,
         )
-
-
-def _breaker_state(forwarder: Forwarder) -> str:
-    return forwarder.breaker.state.value

@@ -8,6 +8,7 @@ and ``artifacts/web-ui.png``).
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import shutil
@@ -15,6 +16,7 @@ import signal
 import socket
 import subprocess
 import sys
+import urllib.request
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -215,3 +217,36 @@ def test_a_busy_web_port_is_logged_and_the_gateway_runs_on(
 
 def gw_web_port(gw: GatewayProcess) -> int:
     return int(yaml.safe_load(gw.config_path.read_text())["web"]["port"])
+
+
+def test_health_follows_a_reload_that_changes_sources_and_sinks(
+    tmp_path: Path, broker: Broker, upstream_broker: Broker
+) -> None:
+    def health() -> dict[str, Any]:
+        with urllib.request.urlopen(f"{url}api/health", timeout=10) as response:
+            doc: dict[str, Any] = json.loads(response.read())
+            return doc
+
+    def ids(doc: dict[str, Any], part: str) -> list[str]:
+        return sorted(item["id"] for item in doc[part])
+
+    gw = web_gateway(tmp_path, broker, upstream_broker)
+    gw.start()
+    assert gw.proc is not None
+    try:
+        gw.wait_log("web UI on")
+        url = re.findall(r"web UI on (\S+)", gw.log())[-1]
+        before = health()
+        assert (ids(before, "sources"), ids(before, "sinks")) == (["fleet"], ["upstream"])
+        # Reload: the sink is replaced by one under a new id, and a second source comes in.
+        config = yaml.safe_load(gw.config_path.read_text())
+        config["sinks"][0]["id"] = "cloud"
+        config["pipelines"][0]["to"] = ["cloud"]
+        config["sources"].append({**config["sources"][0], "id": "yard"})
+        gw.config_path.write_text(yaml.safe_dump(config, sort_keys=False))
+        os.kill(gw.proc.pid, signal.SIGHUP)
+        gw.wait_log("reloaded: sources yard; pipelines overheat; sinks cloud, upstream")
+        after = health()
+        assert (ids(after, "sources"), ids(after, "sinks")) == (["fleet", "yard"], ["cloud"])
+    finally:
+        assert gw.stop() == 0, gw.log()

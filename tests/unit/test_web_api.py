@@ -37,7 +37,7 @@ class Clock:
 
 
 def make_health(counters: Counters, clock: Callable[[], float]) -> Health:
-    return Health("gw-test", counters, ["fleet"], {"upstream": lambda: "open"}, clock)
+    return Health("gw-test", counters, lambda: ["fleet"], lambda: {"upstream": "open"}, clock)
 
 
 @pytest.fixture
