@@ -97,7 +97,14 @@ class MqttPublisher:
             if not connack.done():
                 connack.set_result(rc)
 
+        errors: list[str] = []  # why the socket failed, e.g. the TLS alert of a refused cert
+
+        def on_log(_c: mqtt.Client, _u: Any, level: int, text: str) -> None:
+            if level == mqtt.MQTT_LOG_ERR:
+                errors.append(text)
+
         client.on_connect = on_connect
+        client.on_log = on_log
         client.on_publish = self._on_publish
         client.on_disconnect = self._on_disconnect
         driver = PahoDriver(client)
@@ -112,6 +119,8 @@ class MqttPublisher:
             raise SinkError(f"cannot connect to {b.host}:{b.port}: {exc}") from exc
         if not connack.done() or connack.result().is_failure:
             why = connack.result() if connack.done() else "no CONNACK"
+            if errors and not connack.done():
+                why = f"{why} ({errors[-1]})"
             await self.close()
             raise SinkError(f"{b.host}:{b.port} refused the connection: {why}")
 

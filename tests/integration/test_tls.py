@@ -1,14 +1,15 @@
 """TLS, mutual TLS and password auth against a real mosquitto, with certificates made in the
 test: good credentials connect; a wrong CA, an expired or foreign client certificate and a
-wrong password are refused; in the daemon the refused sink's breaker opens while readings
-keep being stored, and a reload with the right password drains the outbox."""
+wrong password are refused; in the daemon each refusal is logged with its reason, the
+refused sink's breaker opens while readings keep being stored, and a reload with the right
+password drains the outbox."""
 
 from __future__ import annotations
 
 import os
 import signal
 import subprocess
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -17,7 +18,8 @@ import aiomqtt
 import pytest
 
 from gateway.config.mqtt import MqttBroker, tls_context
-from tests.conftest import MOSQUITTO, _wait_listening, free_port
+from simulators.mqtt_fleet import run_fleet
+from tests.conftest import MOSQUITTO, Broker, _wait_listening, free_port
 from tests.integration.certs import Authority, Issued
 from tests.integration.harness import GatewayProcess, gateway_config, wait_until
 
@@ -264,6 +266,70 @@ def test_daemon_over_mtls_keeps_storing_while_upstream_refuses_then_reloads(
     finally:
         if gw.proc.poll() is None:
             gw.stop()
+
+
+REFUSED_BY_TLS: dict[str, tuple[Callable[[Pki], dict[str, Any]], str]] = {
+    # case: the sink's tls settings, and what the log line must name
+    "wrong CA": (
+        lambda pki: mtls(pki, pki.client, pki.other_ca.path),
+        "CERTIFICATE_VERIFY_FAILED",
+    ),
+    "expired client certificate": (
+        lambda pki: mtls(pki, pki.expired_client),
+        "ALERT_CERTIFICATE_EXPIRED",
+    ),
+    "client certificate of another CA": (
+        lambda pki: mtls(pki, pki.foreign_client),
+        "ALERT_UNKNOWN_CA",
+    ),
+}
+
+
+@pytest.mark.parametrize("case", list(REFUSED_BY_TLS))
+def test_daemon_refused_by_upstream_tls_keeps_storing(
+    tmp_path: Path, pki: Pki, brokers: list[SecureBroker], broker: Broker, case: str
+) -> None:
+    tls, reason = REFUSED_BY_TLS[case]
+    upstream = start_broker(tmp_path, pki, mutual=True, users=None)
+    brokers.append(upstream)
+    config = gateway_config(
+        tmp_path,
+        sources=[
+            {
+                "id": "fleet",
+                "type": "mqtt",
+                "broker": {"host": "127.0.0.1", "port": broker.port},
+                "topics": ["sensors/{device}/{metric}"],
+            }
+        ],
+        pipelines=[{"id": "raw", "from": ["fleet"], "to": ["upstream"], "forward": ["readings"]}],
+        upstream_port=upstream.port,
+    )
+    sink = config["sinks"][0]
+    sink["broker"]["tls"] = tls(pki)
+    sink["breaker"] = {"failures": 2, "cooldown": "1s"}
+    sink["drain_timeout"] = "1s"
+    gw = GatewayProcess(tmp_path, config)
+    gw.start()
+    assert gw.proc is not None
+    try:
+        run_fleet(broker.host, broker.port, devices=2, count=100, rate=1000)
+        wait_until(lambda: gw.count("readings") >= 100, 20, "100 readings stored")
+        gw.wait_log("sink upstream: circuit breaker closed -> open")
+        refusals = [
+            line
+            for line in gw.log().splitlines()
+            if f"sink upstream: cannot connect to 127.0.0.1:{upstream.port}" in line
+            or f"sink upstream: 127.0.0.1:{upstream.port} refused the connection" in line
+        ]
+        assert any(reason in line for line in refusals), gw.log()
+        wait_until(lambda: gw.count("outbox") >= 100, 20, "the readings waiting in the outbox")
+        assert gw.stop() == 0
+    finally:
+        if gw.proc.poll() is None:
+            gw.stop()
+    assert gw.count("readings") == 100
+    assert gw.count("outbox") == 100  # kept for the next start
 
 
 def publish_over_mtls(port: int, pki: Pki, count: int) -> None:
