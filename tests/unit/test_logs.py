@@ -5,7 +5,10 @@ from __future__ import annotations
 import json
 import logging
 import os
+import re
+import subprocess
 import sys
+from pathlib import Path
 
 from gateway.logs import JsonFormatter, RepeatFilter, under_journald
 
@@ -54,3 +57,34 @@ def test_journald_is_recognised_by_the_stream_it_owns() -> None:
     # Inherited by a child whose stderr goes elsewhere: not the journal.
     assert not under_journald({"JOURNAL_STREAM": "1:2"})
     assert not under_journald({})
+
+
+def log_one_line(tmp_path: Path, fmt: str, journald: bool) -> str:
+    """What ``setup`` writes for one warning in a child process whose stderr is a file;
+    with ``journald`` the child's $JOURNAL_STREAM names that file, as systemd's would."""
+    out = tmp_path / f"stderr-{fmt}-{journald}"
+    with out.open("wb") as stderr:
+        env = {k: v for k, v in os.environ.items() if k != "JOURNAL_STREAM"}
+        if journald:
+            st = os.fstat(stderr.fileno())
+            env["JOURNAL_STREAM"] = f"{st.st_dev}:{st.st_ino}"
+        code = (
+            "import logging; from gateway.logs import setup; "
+            f"setup('info', {fmt!r}); logging.getLogger('gateway.x').warning('broker down')"
+        )
+        subprocess.run([sys.executable, "-c", code], stderr=stderr, env=env, check=True)
+    return out.read_text().strip()
+
+
+def test_no_timestamp_of_our_own_under_journald(tmp_path: Path) -> None:
+    assert log_one_line(tmp_path, "text", journald=True) == "WARNING gateway.x: broker down"
+    on_terminal = log_one_line(tmp_path, "text", journald=False)
+    assert re.fullmatch(
+        r"\d{4}-\d\d-\d\d \d\d:\d\d:\d\d,\d{3} WARNING gateway.x: broker down", on_terminal
+    )
+    assert json.loads(log_one_line(tmp_path, "json", journald=True)) == {
+        "level": "warning",
+        "logger": "gateway.x",
+        "msg": "broker down",
+    }
+    assert "ts" in json.loads(log_one_line(tmp_path, "json", journald=False))
