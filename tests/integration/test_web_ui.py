@@ -24,6 +24,7 @@ from typing import Any
 import pytest
 import yaml
 
+from simulators.mqtt_fleet import run_fleet
 from tests.conftest import Broker, free_port
 from tests.integration.harness import GatewayProcess, gateway_config, wait_until
 
@@ -219,7 +220,12 @@ def gw_web_port(gw: GatewayProcess) -> int:
     return int(yaml.safe_load(gw.config_path.read_text())["web"]["port"])
 
 
-def test_health_follows_a_reload_that_changes_sources_and_sinks(
+def scrape(base: str) -> str:
+    with urllib.request.urlopen(f"{base}/metrics", timeout=10) as response:
+        return str(response.read().decode())
+
+
+def test_health_and_metrics_follow_a_reload_that_changes_sources_and_sinks(
     tmp_path: Path, broker: Broker, upstream_broker: Broker
 ) -> None:
     def health() -> dict[str, Any]:
@@ -248,5 +254,14 @@ def test_health_follows_a_reload_that_changes_sources_and_sinks(
         gw.wait_log("reloaded: sources yard; pipelines overheat; sinks cloud, upstream")
         after = health()
         assert (ids(after, "sources"), ids(after, "sinks")) == (["fleet", "yard"], ["cloud"])
+        # The metrics know the new source too: it shares the topics, so it gets every message.
+        metrics = re.findall(r"metrics: (http://\S+)/metrics", gw.log())[-1]
+        wait_until(lambda: "source yard: subscribed" in gw.log(), 20, "yard to subscribe")
+        run_fleet(broker.host, broker.port, devices=1, count=5, rate=100)
+        wait_until(
+            lambda: 'edge_gateway_source_received_total{source="yard"} 5.0' in scrape(metrics),
+            20,
+            "yard's five messages in /metrics",
+        )
     finally:
         assert gw.stop() == 0, gw.log()
