@@ -33,7 +33,8 @@ class GatewayProcess:
         self.log_path = workdir / "gateway.log"
         self.proc: subprocess.Popen[bytes] | None = None
 
-    def start(self) -> None:
+    def start(self, wait_for: str = "running:") -> None:
+        """Start the daemon and wait until its log shows ``wait_for``."""
         log = open(self.log_path, "ab")  # noqa: SIM115
         self.proc = subprocess.Popen(
             [sys.executable, "-m", "gateway.cli", "run", "-c", str(self.config_path), *self.args],
@@ -43,7 +44,7 @@ class GatewayProcess:
         )
         log.close()
         RUNNING.append(self)
-        self.wait_log("running:", timeout=20)
+        self.wait_log(wait_for, timeout=20)
 
     def log(self) -> str:
         return self.log_path.read_text(errors="replace")

@@ -153,6 +153,8 @@ class Mute:
         self.sock = socket.create_server(("127.0.0.1", 0))
         self.port = int(self.sock.getsockname()[1])
         self._hold = hold
+        self._conns: list[socket.socket] = []
+        self.accepted = 0
         threading.Thread(target=self._serve, daemon=True).start()
 
     def _serve(self) -> None:
@@ -161,10 +163,16 @@ class Mute:
                 conn, _ = self.sock.accept()
             except OSError:
                 return  # closed
-            threading.Timer(self._hold, conn.close).start()
+            self._conns.append(conn)
+            self.accepted += 1
+            hang_up = threading.Timer(self._hold, conn.close)
+            hang_up.daemon = True
+            hang_up.start()
 
     def close(self) -> None:
         self.sock.close()
+        for conn in self._conns:
+            conn.close()
 
 
 def test_ready_only_once_the_store_is_open_and_every_source_has_tried(
@@ -203,6 +211,29 @@ def test_ready_only_once_the_store_is_open_and_every_source_has_tried(
         mute.close()
         if gw.proc is not None and gw.proc.poll() is None:
             gw.stop()
+
+
+def test_a_stop_while_a_source_is_still_connecting_is_prompt(
+    tmp_path: Path, upstream_broker: Broker, notify: NotifySocket
+) -> None:
+    mute = Mute(hold=120)  # the source's first attempt would last its 30 s CONNACK timeout
+    config = gateway_config(
+        tmp_path,
+        sources=[fleet_source(mute.port)],
+        pipelines=[stats_pipeline()],
+        upstream_port=upstream_broker.port,
+    )
+    gw = GatewayProcess(tmp_path, config)
+    try:
+        gw.start(wait_for="metrics: http://")  # logged just before waiting for the sources
+        assert gw.proc is not None
+        wait_until(lambda: mute.accepted > 0, 20, "the source to connect")
+        assert "running:" not in gw.log()  # not ready: the source has not heard back
+        assert gw.stop(timeout=20) == 0
+        assert notify.next("STOPPING")["STOPPING"] == "1"
+    finally:
+        mute.close()
+        gw.kill()
 
 
 def test_metrics_health_and_readiness_endpoints(
