@@ -101,7 +101,7 @@ class MqttPublisher:
 
         def on_log(_c: mqtt.Client, _u: Any, level: int, text: str) -> None:
             if level == mqtt.MQTT_LOG_ERR:
-                errors.append(text)
+                errors[:] = [text]
 
         client.on_connect = on_connect
         client.on_log = on_log
@@ -123,6 +123,7 @@ class MqttPublisher:
                 why = f"{why} ({errors[-1]})"
             await self.close()
             raise SinkError(f"{b.host}:{b.port} refused the connection: {why}")
+        client.on_log = None  # paho formats every packet's debug line while one is set
 
     def _on_publish(
         self, _c: mqtt.Client, _u: Any, mid: int, rc: ReasonCode, _p: Any = None
