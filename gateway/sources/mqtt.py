@@ -132,6 +132,8 @@ class _Connection:
         self._decoding = decoding
         self._unacked: list[tuple[int, int]] = []
         self.connack: asyncio.Future[ReasonCode] = asyncio.get_running_loop().create_future()
+        self.error = ""
+        """paho's last socket error before CONNACK, e.g. the TLS alert of a refused cert."""
         client = mqtt.Client(
             CallbackAPIVersion.VERSION2,
             client_id=source.client_id,
@@ -143,6 +145,7 @@ class _Connection:
         if (context := tls_context(cfg.broker)) is not None:
             client.tls_set_context(context)
         client.on_connect = self._on_connect
+        client.on_log = self._on_log  # removed at CONNACK: paho formats every line for it
         client.on_message = self._on_message
         self.client = client
         self.driver = PahoDriver(client, after_read=self._after_read)
@@ -160,9 +163,14 @@ class _Connection:
             properties=props,
         )
 
+    def _on_log(self, _c: mqtt.Client, _u: Any, level: int, text: str) -> None:
+        if level == mqtt.MQTT_LOG_ERR:
+            self.error = text
+
     def _on_connect(
         self, client: mqtt.Client, _u: Any, flags: Any, rc: ReasonCode, _p: Any = None
     ) -> None:
+        client.on_log = None
         if not rc.is_failure:
             subs = [
                 (p.filter, SubscribeOptions(qos=self._source.config.qos))
@@ -267,6 +275,8 @@ class MqttSource:
             return_when=asyncio.FIRST_COMPLETED,
         )
         if not conn.connack.done():
+            if conn.driver.lost.done():
+                return f"closed the connection before CONNACK ({conn.error or 'no reason'})"
             return "did not answer CONNECT"
         rc = conn.connack.result()
         if rc.is_failure:

@@ -203,7 +203,7 @@ def test_ready_only_once_the_store_is_open_and_every_source_has_tried(
         log = gw.log()
         running = log.index("gateway gw-test running:")  # logged just before READY=1
         assert -1 < log.find("source fleet: subscribed") < running, log
-        slow = f"source slow: broker 127.0.0.1:{mute.port} did not answer CONNECT; retrying"
+        slow = f"source slow: broker 127.0.0.1:{mute.port} closed the connection before CONNACK"
         assert -1 < log.find(slow) < running, log
         assert -1 < log.find("source tty: cannot open") < running, log
         assert gw.stop() == 0
