@@ -20,6 +20,7 @@ import yaml
 
 from simulators.mqtt_fleet import run_fleet
 from tests.conftest import Broker
+from tests.faults.conftest import PersistentBroker
 from tests.integration.harness import GatewayProcess, gateway_config, wait_until
 
 pytestmark = pytest.mark.integration
@@ -335,6 +336,43 @@ def test_metrics_health_and_readiness_endpoints(
     finally:
         if gw.proc is not None and gw.proc.poll() is None:
             gw.stop()
+
+
+def test_sink_counters_in_metrics_when_the_broker_refuses_some_messages(
+    tmp_path: Path, broker: Broker
+) -> None:
+    acl = tmp_path / "acl"
+    acl.write_text("topic readwrite #\ntopic deny site/gw-test/dev-001/#\n")
+    upstream = PersistentBroker(tmp_path, extra=f"acl_file {acl}\n")  # PUBACK 0x87 for dev-001
+    upstream.start()
+    raw = {"id": "raw", "from": ["fleet"], "to": ["upstream"], "forward": ["readings"]}
+    config = gateway_config(
+        tmp_path, sources=[fleet_source(broker.port)], pipelines=[raw], upstream_port=upstream.port
+    )
+    config["sinks"][0].update(max_attempts=2, breaker={"failures": 100, "cooldown": "1s"})
+    gw = GatewayProcess(tmp_path, config)
+    gw.start()
+    try:
+        base = metrics_url(gw)
+        run_fleet(broker.host, broker.port, devices=2, count=20, rate=1000)
+        wait_until(lambda: gw.count("readings") == 20, 20, "20 stored readings")
+        wait_until(lambda: gw.count("outbox") == 0, 30, "every row acked or dead-lettered")
+        [(denied,)] = gw.query("SELECT count(*) FROM dead_letters WHERE reason = 'undeliverable'")
+        assert 0 < denied < 20
+        text = get(f"{base}/metrics")[1]
+
+        def sent(event: str) -> float:
+            return sample(text, "edge_gateway_sink_messages_total", sink="upstream", event=event)
+
+        # Each refused message was sent twice (max_attempts), so retried once.
+        assert (sent("published"), sent("acked")) == (20 + denied, 20 - denied)
+        assert (sent("refused"), sent("retries")) == (2 * denied, denied)
+        assert sent("failures") >= 1
+        assert gw.stop() == 0
+    finally:
+        if gw.proc is not None and gw.proc.poll() is None:
+            gw.stop()
+        upstream.stop()
 
 
 def test_json_log_lines(tmp_path: Path, broker: Broker, upstream_broker: Broker) -> None:
