@@ -137,10 +137,18 @@ class GatewayCollector(Collector):
             "records into (in) and out of (out) each pipeline step",
             labels=["pipeline", "step", "direction"],
         )
+        step_time = SummaryMetricFamily(
+            "edge_gateway_step_processing_seconds",
+            "time each pipeline step itself spent on the records pushed into it",
+            labels=["pipeline", "step"],
+        )
         for (pipeline, step), c in list(self._meters.steps.items()):
-            records.add_metric([pipeline, step, "in"], self._meters.received(pipeline, step))
+            into = self._meters.received(pipeline, step)
+            records.add_metric([pipeline, step, "in"], into)
             records.add_metric([pipeline, step, "out"], c.emitted)
+            step_time.add_metric([pipeline, step], into, self._meters.step_seconds(pipeline, step))
         yield records
+        yield step_time
         processing = SummaryMetricFamily(
             "edge_gateway_pipeline_processing_seconds",
             "time spent pushing readings through each pipeline",

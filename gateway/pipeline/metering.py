@@ -1,9 +1,13 @@
-"""Per-step record counts and per-pipeline processing time, for the metrics endpoint.
+"""Per-step record counts and processing time, per-pipeline processing time, for metrics.
 
 Cheap enough for the per-reading path: a step meter is an attribute increment on a slotted
-object (no allocation), the pipeline timer two ``perf_counter`` calls per reading (see
-``tests/benchmarks/bench_metering.py`` for the measured cost). Meters are kept by id, so counts stay
-monotonic when a reload rebuilds a pipeline.
+object (no allocation) and two ``perf_counter`` calls around what the step hands on; the
+pipeline timer two more per reading (see ``tests/benchmarks/bench_metering.py`` for the
+measured cost). A step's own time is the time spent from a record entering it until the call
+returned, minus the time the steps after it spent on what it handed on. Only work done while
+a reading is pushed in counts: an emission driven by a timer (a processing-time window
+closing on its tick) is not timed. Meters are kept by id, so counts stay monotonic when a
+reload rebuilds a pipeline.
 """
 
 from __future__ import annotations
@@ -22,27 +26,32 @@ class StepCounts:
     or what the pipeline received for the first step. ``received - emitted`` were dropped
     or absorbed (a window turns many readings into one aggregate)."""
 
-    __slots__ = ("emitted", "previous")
+    __slots__ = ("downstream", "emitted", "previous")
 
     def __init__(self) -> None:
         self.emitted = 0
+        self.downstream = 0.0
+        """Seconds the later steps (and the router) spent on what this step emitted."""
         self.previous: StepCounts | None = None
 
 
 class PipelineTime:
     """Time spent pushing readings through a pipeline (all its steps, router included)."""
 
-    __slots__ = ("count", "seconds")
+    __slots__ = ("active", "count", "seconds")
 
     def __init__(self) -> None:
         self.count = 0
         self.seconds = 0.0
+        self.active = False
+        """True while a reading is being pushed through (so step timings count)."""
 
 
 class Meters:
     """Every step's counts and every pipeline's time, by id."""
 
-    def __init__(self) -> None:
+    def __init__(self, clock: Callable[[], float] = time.perf_counter) -> None:
+        self._clock = clock
         self.steps: dict[tuple[str, str], StepCounts] = {}
         self.pipelines: dict[str, PipelineTime] = {}
         self._last: dict[str, StepCounts] = {}
@@ -59,10 +68,22 @@ class Meters:
         spent = self.pipelines.get(pipeline)
         return spent.count if spent is not None else 0
 
+    def step_seconds(self, pipeline: str, step: str) -> float:
+        """Seconds ``step`` itself spent on pushed records (later steps not included)."""
+        counts = self.steps[(pipeline, step)]
+        if counts.previous is not None:
+            spent_in_and_after = counts.previous.downstream
+        else:
+            timer = self.pipelines.get(pipeline)
+            spent_in_and_after = timer.seconds if timer is not None else 0.0
+        return max(0.0, spent_in_and_after - counts.downstream)
+
     def wrap_step(self, pipeline: str, step: str, operator: Operator) -> Operator:
         """Count what ``operator`` emits; what it received is what the step before emitted
         (or, for the first step, what the pipeline received), so one layer per step does."""
         counts = self.steps.setdefault((pipeline, step), StepCounts())
+        spent = self.pipelines.setdefault(pipeline, PipelineTime())
+        clock = self._clock
         previous = self._last.get(pipeline)
         self._last[pipeline] = counts
 
@@ -74,7 +95,12 @@ class Meters:
 
                 def counted(item: Any) -> None:
                     counts.emitted += 1
-                    forward(item)
+                    if spent.active:
+                        start = clock()
+                        forward(item)
+                        counts.downstream += clock() - start
+                    else:
+                        forward(item)
 
                 return upstream.subscribe(
                     counted, observer.on_error, observer.on_completed, scheduler=scheduler
@@ -87,14 +113,17 @@ class Meters:
 
     def timed(self, pipeline: str, push: Callable[[Any], None]) -> Callable[[Any], None]:
         spent = self.pipelines.setdefault(pipeline, PipelineTime())
-        clock = time.perf_counter
+        clock = self._clock
 
         def timed_push(item: Any) -> None:
+            outer = spent.active
+            spent.active = True
             start = clock()
             try:
                 push(item)
             finally:
                 spent.seconds += clock() - start
                 spent.count += 1
+                spent.active = outer
 
         return timed_push

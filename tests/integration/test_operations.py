@@ -282,6 +282,8 @@ def test_metrics_health_and_readiness_endpoints(
         assert (
             sample(text, "edge_gateway_pipeline_processing_seconds_count", pipeline="stats") == 400
         )
+        assert sample(text, "edge_gateway_step_processing_seconds_count", **step) == 400
+        assert sample(text, "edge_gateway_step_processing_seconds_sum", **step) > 0
         assert "edge_gateway_event_loop_lag_seconds" in text
         assert sample(text, "edge_gateway_store_commit_seconds_count") >= 1
         assert sample(text, "edge_gateway_store_commit_seconds_bucket", le="+Inf") == sample(
