@@ -31,6 +31,7 @@ from gateway.pipeline.scorers import (
     CusumScorer,
     EwmaScorer,
     MadScorer,
+    PageHinkleyScorer,
     RangeScorer,
     RateScorer,
     ScorerFactory,
@@ -229,6 +230,29 @@ class CusumStep(DetectorStepModel):
         return lambda: CusumScorer(p.k, p.h, p.warmup)
 
 
+class PageHinkleyParams(DetectorParams):
+    delta: Annotated[NonNegativeFloat, Field(allow_inf_nan=False)] = 0.5
+    """Tolerated change of the mean, in standard deviations: smaller shifts are ignored."""
+    threshold: Limit = 20.0
+    """Decision limit of the cumulative deviation, in standard deviations."""
+    warmup: Annotated[int, Field(ge=2, le=1_000_000)] = 50
+    """Readings that set the scale (standard deviation), again after each finding."""
+
+
+class PageHinkleyStep(DetectorStepModel):
+    """``page_hinkley: {delta, threshold, warmup}``: the mean drifts away from its running mean."""
+
+    OP: ClassVar[str] = "page_hinkley"
+    page_hinkley: Annotated[PageHinkleyParams, BeforeValidator(_none_is_empty)]
+
+    def params(self) -> DetectorParams:
+        return self.page_hinkley
+
+    def factory(self) -> ScorerFactory:
+        p = self.page_hinkley
+        return lambda: PageHinkleyScorer(p.delta, p.threshold, p.warmup)
+
+
 class StuckParams(DetectorParams):
     epsilon: Annotated[NonNegativeFloat, Field(allow_inf_nan=False)] = 0.0
     count: Annotated[int, Field(ge=2, le=1_000_000)] | None = None
@@ -347,6 +371,7 @@ DETECTOR_MODELS: tuple[type[StepModel], ...] = (
     EwmaStep,
     MadStep,
     CusumStep,
+    PageHinkleyStep,
     StuckStep,
     SpikeStep,
     SilenceStep,

@@ -291,6 +291,67 @@ class CusumScorer:
         )
 
 
+class PageHinkleyScorer:
+    """Two-sided Page-Hinkley test: a lasting shift of the mean away from its running mean.
+
+    The first ``warmup`` readings learn the scale (std); from then on each reading is
+    standardized against the running mean of every reading since the last reset,
+    ``m+ += z - delta`` and ``m- += -z - delta``, and the test statistic is how far each sum
+    has climbed above its own minimum; beyond ``threshold`` is drift. Unlike ``cusum`` the
+    reference follows the signal, so only a change that outpaces the mean's own learning is
+    reported. After a finding everything restarts (the new regime is learnt afresh). O(1).
+    """
+
+    __slots__ = (
+        "count",
+        "delta",
+        "low",
+        "low_min",
+        "m2",
+        "mean",
+        "threshold",
+        "up",
+        "up_min",
+        "warmup",
+    )
+
+    def __init__(self, delta: float, threshold: float, warmup: int) -> None:
+        self.delta, self.threshold, self.warmup = delta, threshold, warmup
+        self._reset()
+
+    def _reset(self) -> None:
+        self.count = 0
+        self.mean = self.m2 = 0.0
+        self.up = self.up_min = self.low = self.low_min = 0.0
+
+    def observe(self, ts: float, value: float) -> Finding | None:
+        self.count += 1
+        delta = value - self.mean
+        self.mean += delta / self.count
+        if self.count <= self.warmup:
+            self.m2 += delta * (value - self.mean)
+            return None
+        std = math.sqrt(self.m2 / (self.warmup - 1))
+        z = (value - self.mean) / std if std > 0 else 0.0
+        self.up += z - self.delta
+        self.low -= z + self.delta
+        self.up_min = min(self.up_min, self.up)
+        self.low_min = min(self.low_min, self.low)
+        rise, fall = self.up - self.up_min, self.low - self.low_min
+        statistic = max(rise, fall)
+        if statistic <= self.threshold:
+            return None
+        direction = "up" if rise >= fall else "down"
+        mean = self.mean
+        self._reset()
+        return Finding(
+            statistic,
+            self.threshold,
+            f"mean shifting {direction} from {mean:.4g} (Page-Hinkley {statistic:.1f})",
+            {"mean": mean, "std": std, "page_hinkley": statistic},
+        )
+
+
 class StuckScorer:
     """Flatline: no change beyond ``epsilon`` for ``count`` readings and/or ``duration`` s."""
 

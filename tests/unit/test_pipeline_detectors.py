@@ -156,6 +156,32 @@ def test_cusum_finds_a_slow_drift_that_no_single_reading_gives_away() -> None:
     assert alerts(quiet) == []
 
 
+def test_page_hinkley_reports_a_level_shift_once_then_learns_the_new_level() -> None:
+    values = [*noise(100), *noise(300, seed=2, mean=23.0)]
+    scheduler = TestScheduler()
+    out = run(build({"page_hinkley": {"warmup": 50}}, scheduler), scheduler, series(values))
+    raised = [a for a in alerts(out) if a.state == "raised"]
+    assert len(raised) == 1  # cusum, whose baseline stays put, would report it again and again
+    assert 100 <= raised[0].ts < 110
+    assert "mean shifting up" in raised[0].message
+    assert raised[0].evidence["page_hinkley"] > 20
+
+
+def test_page_hinkley_finds_a_slow_drift_down_and_stays_quiet_on_noise() -> None:
+    drift = [v - 0.02 * i for i, v in enumerate(noise(200, seed=5))]  # -4 sigma over 200
+    scheduler = TestScheduler()
+    op = build({"page_hinkley": {"delta": 0.5, "threshold": 20, "warmup": 100}}, scheduler)
+    raised = [
+        a for a in alerts(run(op, scheduler, series([*noise(100), *drift]))) if a.state == "raised"
+    ]
+    assert raised
+    assert 150 < raised[0].ts < 200
+    assert "mean shifting down" in raised[0].message
+    scheduler = TestScheduler()
+    quiet = run(build({"page_hinkley": None}, scheduler), scheduler, series(noise(2000, seed=3)))
+    assert alerts(quiet) == []
+
+
 def test_stuck_by_count_and_by_duration() -> None:
     values = [1, 2, 3, 5, 5, 5.05, 5, 5, 6]
     scheduler = TestScheduler()
