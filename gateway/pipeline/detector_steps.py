@@ -35,6 +35,7 @@ from gateway.pipeline.scorers import (
     RangeScorer,
     RateScorer,
     ScorerFactory,
+    SeasonalProfile,
     SpikeScorer,
     StuckScorer,
     ZScoreScorer,
@@ -237,6 +238,13 @@ class PageHinkleyParams(DetectorParams):
     """Decision limit of the cumulative deviation, in standard deviations."""
     warmup: Annotated[int, Field(ge=2, le=1_000_000)] = 50
     """Readings that set the scale (standard deviation), again after each finding."""
+    period: PositiveDuration | None = None
+    """Test the residual from a seasonal profile of this period (e.g. ``1d``) instead of the
+    value: a drift under a daily cycle."""
+    buckets: Annotated[int, Field(ge=1, le=10_000)] = 288
+    """Slots of the seasonal profile."""
+    alpha: Annotated[float, Field(gt=0, le=1)] = 0.1
+    """Weight of each pass of the period in a slot of the profile."""
 
 
 class PageHinkleyStep(DetectorStepModel):
@@ -250,7 +258,12 @@ class PageHinkleyStep(DetectorStepModel):
 
     def factory(self) -> ScorerFactory:
         p = self.page_hinkley
-        return lambda: PageHinkleyScorer(p.delta, p.threshold, p.warmup)
+        period = p.period
+        if period is None:
+            return lambda: PageHinkleyScorer(p.delta, p.threshold, p.warmup)
+        return lambda: PageHinkleyScorer(
+            p.delta, p.threshold, p.warmup, SeasonalProfile(period, p.buckets, p.alpha)
+        )
 
 
 class StuckParams(DetectorParams):
@@ -282,22 +295,26 @@ class StuckStep(DetectorStepModel):
 
 
 class AnomalyParams(DetectorParams):
-    """Defaults tuned once, one configuration for all files, on the NAB sample (README).
+    """Defaults chosen once, one configuration for all files, on the NAB sample (README).
 
     ``window`` readings for the level and residual references, ``limit`` robust sigmas,
     ``min_count`` readings before any verdict, a ``period`` (default a day) cut into
-    ``buckets`` time-of-day slots learnt with EWMA weight ``alpha``, a spread ``floor``.
-    An episode clears after ``clear_after`` normal readings; ``cooldown`` between raises.
+    ``buckets`` time-of-day slots learnt with weight ``alpha`` per pass, a spread ``floor``;
+    a point anomaly must be ``novelty`` new against the last ``memory`` readings, a
+    time-of-day anomaly must ``persist`` for that many readings. An episode clears after
+    ``clear_after`` normal readings.
     """
 
     window: Annotated[int, Field(ge=10, le=100_000)] = 600
-    limit: Limit = 6.0
+    limit: Limit = 5.0
     min_count: Count = 300
     period: PositiveDuration = 86400.0
     buckets: Annotated[int, Field(ge=1, le=10_000)] = 288
     alpha: Annotated[float, Field(gt=0, le=1)] = 0.3
     floor: Annotated[NonNegativeFloat, Field(le=1)] = 0.02
-    cooldown: Duration = 3 * 86400.0
+    memory: Annotated[int, Field(ge=1, le=100_000)] = 2016
+    novelty: Annotated[NonNegativeFloat, Field(le=1)] = 0.05
+    persist: Annotated[int, Field(ge=1, le=10_000)] = 6
     clear_after: Count = 50
 
 
@@ -313,7 +330,16 @@ class AnomalyStep(DetectorStepModel):
     def factory(self) -> ScorerFactory:
         p = self.anomaly
         return lambda: AnomalyScorer(
-            p.window, p.limit, p.min_count, p.period, p.buckets, p.alpha, p.floor
+            p.window,
+            p.limit,
+            p.min_count,
+            p.period,
+            p.buckets,
+            p.alpha,
+            p.floor,
+            p.memory,
+            p.novelty,
+            p.persist,
         )
 
 

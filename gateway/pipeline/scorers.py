@@ -21,6 +21,14 @@ from sortedcontainers import SortedList
 
 FLAT_MAX = 4096
 """Windows up to this size keep their sorted copy in a plain list (see OrderedWindow)."""
+CLIP = 3.0
+"""Seasonal profile updates are clipped at this many residual sigmas (Huber-style)."""
+REBASE = 2
+"""``anomaly``: a level beyond the limit for ``persist`` * this many readings is a new regime."""
+SIGMAS_10_90 = 2.5631
+"""A normal distribution's 10%-90% range is 2.5631 sigmas."""
+PH_CLIP = 5.0
+"""Page-Hinkley clips each standardized reading to this many sigmas (a robust test)."""
 MAD_PER_SIGMA = 1.4826
 """A normal distribution's sigma is 1.4826 times its median absolute deviation."""
 
@@ -291,15 +299,53 @@ class CusumScorer:
         )
 
 
+class SeasonalProfile:
+    """What each slot of a ``period`` (e.g. the time of day) usually looks like.
+
+    ``buckets`` slots, each an EWMA of the values seen in it. ``alpha`` is the weight of one
+    pass of the period over a slot: readings closer together than a slot's width share it,
+    so sampling faster than the slots does not make the profile chase the signal (and absorb
+    a slow drift). An update can be clipped (Huber-style) so that one wild reading does not
+    distort its slot for days. ``buckets`` floats per key, O(1) per reading.
+    """
+
+    __slots__ = ("alpha", "count", "last_ts", "period", "seen", "values")
+
+    def __init__(self, period: float, buckets: int, alpha: float) -> None:
+        self.period, self.count, self.alpha = period, buckets, alpha
+        self.values = [0.0] * buckets
+        self.seen = bytearray(buckets)
+        self.last_ts = -math.inf
+
+    def residual(self, ts: float, value: float, clip: float = math.inf) -> float | None:
+        """``value`` minus its slot's profile (None the first time the slot is seen); learn."""
+        slot = int(ts % self.period * self.count / self.period)
+        visit = (ts - self.last_ts) * self.count / self.period
+        self.last_ts = ts
+        if not self.seen[slot]:
+            self.seen[slot] = 1
+            self.values[slot] = value
+            return None
+        residual = value - self.values[slot]
+        alpha = self.alpha if visit >= 1.0 else 1.0 - (1.0 - self.alpha) ** max(visit, 0.0)
+        self.values[slot] += alpha * max(-clip, min(clip, residual))
+        return residual
+
+
 class PageHinkleyScorer:
     """Two-sided Page-Hinkley test: a lasting shift of the mean away from its running mean.
 
     The first ``warmup`` readings learn the scale (std); from then on each reading is
     standardized against the running mean of every reading since the last reset,
     ``m+ += z - delta`` and ``m- += -z - delta``, and the test statistic is how far each sum
-    has climbed above its own minimum; beyond ``threshold`` is drift. Unlike ``cusum`` the
+    has climbed above its own minimum; beyond ``threshold`` is drift. Each z is clipped to
+    ``PH_CLIP``, so a lone outlier cannot pass for a drift. Unlike ``cusum`` the
     reference follows the signal, so only a change that outpaces the mean's own learning is
-    reported. After a finding everything restarts (the new regime is learnt afresh). O(1).
+    reported. After a finding the test restarts (the new regime is learnt afresh). O(1).
+
+    With a ``profile`` the test runs on the residual from that seasonal profile (a signal
+    with a daily cycle drifts away from what its time of day usually looks like), and starts
+    once the profile has seen the slot.
     """
 
     __slots__ = (
@@ -309,14 +355,18 @@ class PageHinkleyScorer:
         "low_min",
         "m2",
         "mean",
+        "profile",
         "threshold",
         "up",
         "up_min",
         "warmup",
     )
 
-    def __init__(self, delta: float, threshold: float, warmup: int) -> None:
+    def __init__(
+        self, delta: float, threshold: float, warmup: int, profile: SeasonalProfile | None = None
+    ) -> None:
         self.delta, self.threshold, self.warmup = delta, threshold, warmup
+        self.profile = profile
         self._reset()
 
     def _reset(self) -> None:
@@ -325,14 +375,20 @@ class PageHinkleyScorer:
         self.up = self.up_min = self.low = self.low_min = 0.0
 
     def observe(self, ts: float, value: float) -> Finding | None:
+        x: float | None = value
+        if self.profile is not None:
+            x = self.profile.residual(ts, value)
+            if x is None:
+                return None
         self.count += 1
-        delta = value - self.mean
+        delta = x - self.mean
         self.mean += delta / self.count
         if self.count <= self.warmup:
-            self.m2 += delta * (value - self.mean)
+            self.m2 += delta * (x - self.mean)
             return None
         std = math.sqrt(self.m2 / (self.warmup - 1))
-        z = (value - self.mean) / std if std > 0 else 0.0
+        z = (x - self.mean) / std if std > 0 else 0.0
+        z = max(-PH_CLIP, min(PH_CLIP, z))
         self.up += z - self.delta
         self.low -= z + self.delta
         self.up_min = min(self.up_min, self.up)
@@ -344,10 +400,11 @@ class PageHinkleyScorer:
         direction = "up" if rise >= fall else "down"
         mean = self.mean
         self._reset()
+        what = "the usual time-of-period profile" if self.profile is not None else "the mean"
         return Finding(
             statistic,
             self.threshold,
-            f"mean shifting {direction} from {mean:.4g} (Page-Hinkley {statistic:.1f})",
+            f"drifting {direction} from {what} (Page-Hinkley {statistic:.1f})",
             {"mean": mean, "std": std, "page_hinkley": statistic},
         )
 
@@ -432,80 +489,113 @@ class SpikeScorer:
 class AnomalyScorer:
     """The default detector for signals nothing is known about: a small robust ensemble.
 
-    Two robust z-scores, the larger one decides:
+    * **point**: the distance of the value from the median of the last ``window`` readings,
+      in robust sigmas, counts only if the value is also *new*: farther than ``novelty``
+      times that distance from every value of the last ``memory`` readings. A daily burst,
+      a recurring spike or a level visited before is not news, however far from the median;
+      a value beyond anything seen lately is.
+    * **seasonal**: the residual from what this time of the ``period`` usually looks like
+      (:class:`SeasonalProfile`, ``buckets`` slots, weight ``alpha``, updates clipped at
+      ``CLIP`` residual sigmas), relative to the typical residual of the last ``window``
+      readings. It counts once it has stayed beyond ``limit`` for ``persist`` readings in a
+      row: a missing or deformed daily cycle, not one odd reading (the point score's job).
+    * **regime change**: when ``persist`` * ``REBASE`` readings in a row lie beyond ``limit``
+      on the same side, the level has moved: the level window restarts from them and the
+      point score waits for ``min_count`` readings of the new regime, so the old level does
+      not inflate the scale of the new one.
 
-    * **level**: distance of the value from the median of the last ``window`` readings;
-    * **seasonal**: distance of the value from what this time of day (``period`` seconds,
-      ``buckets`` slots) usually looks like, an EWMA per slot, relative to the typical size of
-      that seasonal residual over the last ``window`` readings. It catches a missing daily
-      cycle or a flattened signal that stays inside the level's usual range.
-
-    Each z-score is the deviation over a robust sigma (MAD estimated from the inter-quartile
-    range) floored at ``floor`` times the window's 1%-99% spread, so quantized or nearly
-    constant signals do not turn every small step into an infinite score. Memory is bounded
-    (two windows and ``buckets`` floats per key), each reading costs O(log window).
+    The larger score decides, against ``limit``. A sigma is the largest of the robust
+    estimates from the inter-quartile and the 10%-90% range (so quantized signals keep a
+    sensible scale), floored at ``floor`` times the window's 1%-99% spread. Memory is bounded
+    (three windows and ``buckets`` floats per key), each reading costs O(log memory).
     """
 
     __slots__ = (
-        "alpha",
-        "bucket_count",
-        "bucket_seen",
-        "buckets",
         "floor",
         "level",
         "limit",
+        "memory",
         "min_count",
-        "period",
+        "novelty",
+        "persist",
+        "profile",
         "residuals",
+        "run_level",
+        "run_seasonal",
+        "window",
     )
 
     def __init__(
         self,
         window: int = 600,
-        limit: float = 6.0,
+        limit: float = 5.0,
         min_count: int = 300,
         period: float = 86400.0,
         buckets: int = 288,
         alpha: float = 0.3,
         floor: float = 0.02,
+        memory: int = 2016,
+        novelty: float = 0.05,
+        persist: int = 6,
     ) -> None:
+        self.window = window
         self.level = OrderedWindow(window)
+        self.memory = OrderedWindow(memory)
         self.residuals = OrderedWindow(window)
-        self.limit, self.min_count = limit, min_count
-        self.period, self.bucket_count, self.alpha, self.floor = period, buckets, alpha, floor
-        self.buckets = [0.0] * buckets
-        self.bucket_seen = bytearray(buckets)
+        self.profile = SeasonalProfile(period, buckets, alpha)
+        self.limit, self.min_count, self.floor = limit, min_count, floor
+        self.novelty, self.persist = novelty, persist
+        self.run_level = 0
+        """Readings in a row beyond the limit on one side of the median (+ above, - below)."""
+        self.run_seasonal = 0
 
-    def _z(self, window: OrderedWindow, diff: float) -> tuple[float, float]:
-        spread = window.quantile(0.99) - window.quantile(0.01)
-        scale = max(window.robust_scale(), self.floor * spread)
-        if scale > 0:
-            return diff / scale, scale
-        return (0.0 if diff == 0 else math.inf), scale
+    def _scale(self, window: OrderedWindow) -> float:
+        q = window.quantile
+        return max(
+            window.robust_scale(),
+            (q(0.9) - q(0.1)) / SIGMAS_10_90,
+            self.floor * (q(0.99) - q(0.01)),
+        )
+
+    def _novel(self, value: float, distance: float) -> bool:
+        """Whether every recent value is farther than ``novelty`` * ``distance`` away."""
+        ordered = self.memory.sorted
+        i = bisect_left(ordered, value)
+        gap = self.novelty * distance
+        if i < len(ordered) and ordered[i] - value <= gap:
+            return False
+        return not (i > 0 and value - ordered[i - 1] <= gap)
 
     def observe(self, ts: float, value: float) -> Finding | None:
         level, residuals = self.level, self.residuals
-        slot = int(ts % self.period * self.bucket_count / self.period)
-        seasonal: float | None = None
-        if self.bucket_seen[slot]:
-            seasonal = value - self.buckets[slot]
-            self.buckets[slot] += self.alpha * seasonal
-        else:
-            self.bucket_seen[slot] = 1
-            self.buckets[slot] = value
+        limit = self.limit
+        scale = 0.0
+        clip = math.inf
+        if len(residuals) >= self.min_count:
+            scale = self._scale(residuals)
+            clip = CLIP * scale
+        seasonal = self.profile.residual(ts, value, clip)
+        z_seasonal = 0.0
+        if seasonal is not None and scale > 0:
+            z_seasonal = (seasonal - residuals.quantile(0.5)) / scale
+        self.run_seasonal = self.run_seasonal + 1 if abs(z_seasonal) > limit else 0
         finding = None
         if len(level) >= self.min_count:
             median = level.quantile(0.5)
-            z_level, level_scale = self._z(level, value - median)
-            z_seasonal = 0.0
-            if seasonal is not None and len(residuals) >= self.min_count:
-                z_seasonal, _ = self._z(residuals, seasonal - residuals.quantile(0.5))
-            score = max(abs(z_level), abs(z_seasonal))
-            if score > self.limit:
-                which = "level" if abs(z_level) >= abs(z_seasonal) else "seasonal"
+            level_scale = self._scale(level)
+            diff = value - median
+            z_level = diff / level_scale if level_scale > 0 else (0.0 if diff == 0 else math.inf)
+            side = (1 if diff > 0 else -1) if abs(z_level) > limit else 0
+            run = self.run_level
+            self.run_level = run + side if side and run * side >= 0 else side
+            point = abs(z_level) if side and self._novel(value, abs(diff)) else 0.0
+            pattern = abs(z_seasonal) if self.run_seasonal >= self.persist else 0.0
+            score = max(point, pattern)
+            if score > limit:
+                which = "level" if point >= pattern else "time-of-day pattern"
                 finding = Finding(
                     score,
-                    self.limit,
+                    limit,
                     f"anomalous {which}: robust z {z_level:+.1f} (level), "
                     f"{z_seasonal:+.1f} (time of day)",
                     {
@@ -515,7 +605,18 @@ class AnomalyScorer:
                         "z_seasonal": z_seasonal,
                     },
                 )
+            if abs(self.run_level) >= self.persist * REBASE:
+                self._rebase()
         level.add(value)
+        self.memory.add(value)
         if seasonal is not None:
             residuals.add(seasonal)
         return finding
+
+    def _rebase(self) -> None:
+        """The level has moved: keep only the readings of the new regime."""
+        recent = list(self.level.ring)[-abs(self.run_level) + 1 :]
+        self.level = OrderedWindow(self.window)
+        for x in recent:
+            self.level.add(x)
+        self.run_level = 0

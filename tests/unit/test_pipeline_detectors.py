@@ -163,7 +163,7 @@ def test_page_hinkley_reports_a_level_shift_once_then_learns_the_new_level() -> 
     raised = [a for a in alerts(out) if a.state == "raised"]
     assert len(raised) == 1  # cusum, whose baseline stays put, would report it again and again
     assert 100 <= raised[0].ts < 110
-    assert "mean shifting up" in raised[0].message
+    assert "drifting up from the mean" in raised[0].message
     assert raised[0].evidence["page_hinkley"] > 20
 
 
@@ -176,7 +176,7 @@ def test_page_hinkley_finds_a_slow_drift_down_and_stays_quiet_on_noise() -> None
     ]
     assert raised
     assert 150 < raised[0].ts < 200
-    assert "mean shifting down" in raised[0].message
+    assert "drifting down from the mean" in raised[0].message
     scheduler = TestScheduler()
     quiet = run(build({"page_hinkley": None}, scheduler), scheduler, series(noise(2000, seed=3)))
     assert alerts(quiet) == []
@@ -309,7 +309,8 @@ def test_anomaly_default_finds_a_missing_daily_cycle_and_stays_quiet_on_a_normal
         found.append([round(a.ts / 300) for a in alerts(out) if a.state == "raised"])
     assert found[0] == []
     [index] = found[1]
-    assert 288 * 6 <= index < 288 * 6 + 12  # within the hour the cycle went missing
+    # within 90 minutes of the cycle going missing: the gap grows from 0, then must persist
+    assert 288 * 6 <= index < 288 * 6 + 18
 
 
 @pytest.mark.parametrize(
