@@ -23,8 +23,10 @@ FLAT_MAX = 4096
 """Windows up to this size keep their sorted copy in a plain list (see OrderedWindow)."""
 CLIP = 3.0
 """Seasonal profile updates are clipped at this many residual sigmas (Huber-style)."""
-REBASE = 2
-"""``anomaly``: a level beyond the limit for ``persist`` * this many readings is a new regime."""
+TAIL = 4.0
+"""``anomaly``: a level sigma is at least the median's distance to the 1st (or 99th)
+percentile, on the reading's side, over this: with the default limit of 5 a point anomaly
+reaches 1.25 times farther than the usual 1% tail, however heavy that tail is."""
 SIGMAS_10_90 = 2.5631
 """A normal distribution's 10%-90% range is 2.5631 sigmas."""
 PH_CLIP = 5.0
@@ -375,11 +377,12 @@ class PageHinkleyScorer:
         self.up = self.up_min = self.low = self.low_min = 0.0
 
     def observe(self, ts: float, value: float) -> Finding | None:
-        x: float | None = value
+        x = value
         if self.profile is not None:
-            x = self.profile.residual(ts, value)
-            if x is None:
+            residual = self.profile.residual(ts, value)
+            if residual is None:
                 return None
+            x = residual
         self.count += 1
         delta = x - self.mean
         self.mean += delta / self.count
@@ -499,15 +502,17 @@ class AnomalyScorer:
       ``CLIP`` residual sigmas), relative to the typical residual of the last ``window``
       readings. It counts once it has stayed beyond ``limit`` for ``persist`` readings in a
       row: a missing or deformed daily cycle, not one odd reading (the point score's job).
-    * **regime change**: when ``persist`` * ``REBASE`` readings in a row lie beyond ``limit``
-      on the same side, the level has moved: the level window restarts from them and the
+    * **regime change**: when ``persist`` readings in a row lie beyond ``limit`` on the same
+      side of the median, the level has moved: the level window restarts from them and the
       point score waits for ``min_count`` readings of the new regime, so the old level does
       not inflate the scale of the new one.
 
     The larger score decides, against ``limit``. A sigma is the largest of the robust
     estimates from the inter-quartile and the 10%-90% range (so quantized signals keep a
-    sensible scale), floored at ``floor`` times the window's 1%-99% spread. Memory is bounded
-    (three windows and ``buckets`` floats per key), each reading costs O(log memory).
+    sensible scale) and ``floor`` times the window's 1%-99% spread; for the level, also the
+    distance from the median to the 1% tail on the reading's side over ``TAIL`` (so a
+    heavy-tailed, spiky signal needs a spike beyond its usual ones). Memory is bounded (three
+    windows and ``buckets`` floats per key); each reading costs O(log memory).
     """
 
     __slots__ = (
@@ -582,8 +587,9 @@ class AnomalyScorer:
         finding = None
         if len(level) >= self.min_count:
             median = level.quantile(0.5)
-            level_scale = self._scale(level)
             diff = value - median
+            tail = level.quantile(0.99) - median if diff > 0 else median - level.quantile(0.01)
+            level_scale = max(self._scale(level), tail / TAIL)
             z_level = diff / level_scale if level_scale > 0 else (0.0 if diff == 0 else math.inf)
             side = (1 if diff > 0 else -1) if abs(z_level) > limit else 0
             run = self.run_level
@@ -605,7 +611,7 @@ class AnomalyScorer:
                         "z_seasonal": z_seasonal,
                     },
                 )
-            if abs(self.run_level) >= self.persist * REBASE:
+            if abs(self.run_level) >= self.persist:
                 self._rebase()
         level.add(value)
         self.memory.add(value)

@@ -313,6 +313,26 @@ def test_anomaly_default_finds_a_missing_daily_cycle_and_stays_quiet_on_a_normal
     assert 288 * 6 <= index < 288 * 6 + 18
 
 
+def test_anomaly_default_ignores_a_daily_burst_it_has_seen_and_reports_a_new_one() -> None:
+    rng = random.Random(3)
+    values = [1.0 + rng.gauss(0, 0.05) for _ in range(288 * 8)]
+    for day in range(8):
+        values[288 * day + 36] = 10.0 + rng.gauss(0, 0.2)  # 03:00 every day: a routine job
+    values[288 * 6 + 180] = 20.0  # 15:00 on day 6: twice the routine burst, at another time
+    scheduler = TestScheduler()
+    out = run(build({"anomaly": None}, scheduler), scheduler, series(values, step=300.0))
+    assert [a.ts / 300 for a in alerts(out) if a.state == "raised"] == [288 * 6 + 180]
+
+
+def test_anomaly_default_learns_a_new_level_and_still_sees_a_spike_on_it() -> None:
+    values = [*noise(288 * 3, seed=4, mean=10.0), *noise(288 * 3, seed=5, mean=20.0)]
+    values[288 * 5] = 27.0  # 7 sigmas above the new level, a day and a half later
+    scheduler = TestScheduler()
+    out = run(build({"anomaly": None}, scheduler), scheduler, series(values, step=300.0))
+    raised = [round(a.ts / 300) for a in alerts(out) if a.state == "raised"]
+    assert raised == [288 * 3, 288 * 5]
+
+
 @pytest.mark.parametrize(
     ("spec", "message"),
     [
