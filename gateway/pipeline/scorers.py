@@ -319,19 +319,25 @@ class SeasonalProfile:
         self.seen = bytearray(buckets)
         self.last_ts = -math.inf
 
-    def residual(self, ts: float, value: float, clip: float = math.inf) -> float | None:
-        """``value`` minus its slot's profile (None the first time the slot is seen); learn."""
-        slot = int(ts % self.period * self.count / self.period)
+    def slot(self, ts: float) -> int:
+        return int(ts % self.period * self.count / self.period)
+
+    def residual(self, slot: int, value: float) -> float | None:
+        """``value`` minus its slot's profile; None if the slot has never been seen."""
+        return value - self.values[slot] if self.seen[slot] else None
+
+    def learn(
+        self, ts: float, slot: int, value: float, residual: float | None, clip: float = math.inf
+    ) -> None:
+        """Fold ``value`` (whose ``residual`` was just computed) into its slot."""
         visit = (ts - self.last_ts) * self.count / self.period
         self.last_ts = ts
-        if not self.seen[slot]:
+        if residual is None:
             self.seen[slot] = 1
             self.values[slot] = value
-            return None
-        residual = value - self.values[slot]
+            return
         alpha = self.alpha if visit >= 1.0 else 1.0 - (1.0 - self.alpha) ** max(visit, 0.0)
         self.values[slot] += alpha * max(-clip, min(clip, residual))
-        return residual
 
 
 class PageHinkleyScorer:
@@ -378,8 +384,11 @@ class PageHinkleyScorer:
 
     def observe(self, ts: float, value: float) -> Finding | None:
         x = value
-        if self.profile is not None:
-            residual = self.profile.residual(ts, value)
+        profile = self.profile
+        if profile is not None:
+            slot = profile.slot(ts)
+            residual = profile.residual(slot, value)
+            profile.learn(ts, slot, value, residual)
             if residual is None:
                 return None
             x = residual
@@ -554,12 +563,11 @@ class AnomalyScorer:
         """Readings in a row beyond the limit on one side of the median (+ above, - below)."""
         self.run_seasonal = 0
 
-    def _scale(self, window: OrderedWindow) -> float:
+    def _scale(self, window: OrderedWindow, lower: float) -> float:
+        """The window's sigma, given ``lower`` (its 10%-90% estimate, computed already)."""
         q = window.quantile
         return max(
-            window.robust_scale(),
-            (q(0.9) - q(0.1)) / SIGMAS_10_90,
-            self.floor * (q(0.99) - q(0.01)),
+            MAD_PER_SIGMA * (q(0.75) - q(0.25)) / 2.0, lower, self.floor * (q(0.99) - q(0.01))
         )
 
     def _novel(self, value: float, distance: float) -> bool:
@@ -572,45 +580,45 @@ class AnomalyScorer:
         return not (i > 0 and value - ordered[i - 1] <= gap)
 
     def observe(self, ts: float, value: float) -> Finding | None:
-        level, residuals = self.level, self.residuals
-        limit = self.limit
-        scale = 0.0
+        # Each sigma is a max of estimates: the 10%-90% one alone is a lower bound, and a
+        # reading well inside it (the common case) needs none of the others.
+        level, residuals, limit = self.level, self.residuals, self.limit
+        ready = len(residuals) >= self.min_count
+        profile, slot = self.profile, self.profile.slot(ts)
+        seasonal = profile.residual(slot, value)
+        z_seasonal = deviation = 0.0
         clip = math.inf
-        if len(residuals) >= self.min_count:
-            scale = self._scale(residuals)
+        if ready:
+            q = residuals.quantile
+            lower = (q(0.9) - q(0.1)) / SIGMAS_10_90
+            deviation = 0.0 if seasonal is None else seasonal - q(0.5)
+            bound = max(abs(deviation) / limit, abs(seasonal or 0.0) / CLIP)
+            scale = self._scale(residuals, lower) if bound > lower else lower
             clip = CLIP * scale
-        seasonal = self.profile.residual(ts, value, clip)
-        z_seasonal = 0.0
-        if seasonal is not None and scale > 0:
-            z_seasonal = (seasonal - residuals.quantile(0.5)) / scale
+            if scale > 0:
+                z_seasonal = deviation / scale
+        profile.learn(ts, slot, value, seasonal, clip)
         self.run_seasonal = self.run_seasonal + 1 if abs(z_seasonal) > limit else 0
         finding = None
         if len(level) >= self.min_count:
-            median = level.quantile(0.5)
+            q = level.quantile
+            median = q(0.5)
             diff = value - median
-            tail = level.quantile(0.99) - median if diff > 0 else median - level.quantile(0.01)
-            level_scale = max(self._scale(level), tail / TAIL)
-            z_level = diff / level_scale if level_scale > 0 else (0.0 if diff == 0 else math.inf)
-            side = (1 if diff > 0 else -1) if abs(z_level) > limit else 0
+            lower = (q(0.9) - q(0.1)) / SIGMAS_10_90
+            side = 0
+            if abs(diff) > limit * lower:
+                tail = q(0.99) - median if diff > 0 else median - q(0.01)
+                scale = max(self._scale(level, lower), tail / TAIL)
+                if abs(diff) > limit * scale:
+                    side = 1 if diff > 0 else -1
             run = self.run_level
             self.run_level = run + side if side and run * side >= 0 else side
-            point = abs(z_level) if side and self._novel(value, abs(diff)) else 0.0
             pattern = abs(z_seasonal) if self.run_seasonal >= self.persist else 0.0
-            score = max(point, pattern)
-            if score > limit:
-                which = "level" if point >= pattern else "time-of-day pattern"
-                finding = Finding(
-                    score,
-                    limit,
-                    f"anomalous {which}: robust z {z_level:+.1f} (level), "
-                    f"{z_seasonal:+.1f} (time of day)",
-                    {
-                        "median": median,
-                        "scale": level_scale,
-                        "z_level": z_level,
-                        "z_seasonal": z_seasonal,
-                    },
-                )
+            point = 0.0
+            if side and self._novel(value, abs(diff)):
+                point = abs(diff) / scale if scale > 0 else math.inf
+            if point > limit or pattern > limit:
+                finding = self._finding(median, diff, deviation, point >= pattern)
             if abs(self.run_level) >= self.persist:
                 self._rebase()
         level.add(value)
@@ -618,6 +626,26 @@ class AnomalyScorer:
         if seasonal is not None:
             residuals.add(seasonal)
         return finding
+
+    def _finding(self, median: float, diff: float, deviation: float, point: bool) -> Finding:
+        """The finding with both z-scores exact (``observe`` skips what it can)."""
+        q = self.level.quantile
+        tail = q(0.99) - median if diff > 0 else median - q(0.01)
+        lower = (q(0.9) - q(0.1)) / SIGMAS_10_90
+        scale = max(self._scale(self.level, lower), tail / TAIL)
+        z_level = diff / scale if scale > 0 else (0.0 if diff == 0 else math.inf)
+        z_seasonal = 0.0
+        if deviation:
+            q = self.residuals.quantile
+            residual_scale = self._scale(self.residuals, (q(0.9) - q(0.1)) / SIGMAS_10_90)
+            z_seasonal = deviation / residual_scale if residual_scale > 0 else 0.0
+        which = "level" if point else "time-of-day pattern"
+        return Finding(
+            abs(z_level) if point else abs(z_seasonal),
+            self.limit,
+            f"anomalous {which}: robust z {z_level:+.1f} (level), {z_seasonal:+.1f} (time of day)",
+            {"median": median, "scale": scale, "z_level": z_level, "z_seasonal": z_seasonal},
+        )
 
     def _rebase(self) -> None:
         """The level has moved: keep only the readings of the new regime."""
