@@ -311,13 +311,16 @@ class SeasonalProfile:
     distort its slot for days. ``buckets`` floats per key, O(1) per reading.
     """
 
-    __slots__ = ("alpha", "count", "last_ts", "period", "seen", "values")
+    __slots__ = ("alpha", "count", "last_dt", "last_ts", "period", "seen", "step", "values")
 
     def __init__(self, period: float, buckets: int, alpha: float) -> None:
         self.period, self.count, self.alpha = period, buckets, alpha
         self.values = [0.0] * buckets
         self.seen = bytearray(buckets)
         self.last_ts = -math.inf
+        self.last_dt = math.inf
+        self.step = alpha
+        """The weight of one reading ``last_dt`` after the previous one (cached: steady rates)."""
 
     def slot(self, ts: float) -> int:
         return int(ts % self.period * self.count / self.period)
@@ -330,14 +333,18 @@ class SeasonalProfile:
         self, ts: float, slot: int, value: float, residual: float | None, clip: float = math.inf
     ) -> None:
         """Fold ``value`` (whose ``residual`` was just computed) into its slot."""
-        visit = (ts - self.last_ts) * self.count / self.period
+        dt = ts - self.last_ts
         self.last_ts = ts
+        if dt != self.last_dt:
+            self.last_dt = dt
+            visit = dt * self.count / self.period
+            alpha = self.alpha
+            self.step = alpha if visit >= 1.0 else 1.0 - (1.0 - alpha) ** max(visit, 0.0)
         if residual is None:
             self.seen[slot] = 1
             self.values[slot] = value
             return
-        alpha = self.alpha if visit >= 1.0 else 1.0 - (1.0 - self.alpha) ** max(visit, 0.0)
-        self.values[slot] += alpha * max(-clip, min(clip, residual))
+        self.values[slot] += self.step * max(-clip, min(clip, residual))
 
 
 class PageHinkleyScorer:
