@@ -656,8 +656,9 @@ class AnomalyScorer:
 
     def _rebase(self) -> None:
         """The level has moved: keep only the readings of the new regime."""
-        recent = list(self.level.ring)[-abs(self.run_level) + 1 :]
+        ring = self.level.ring
+        keep = abs(self.run_level) - 1  # the reading that ends the run is added by observe
         self.level = OrderedWindow(self.window)
-        for x in recent:
+        for x in list(ring)[len(ring) - keep :]:
             self.level.add(x)
         self.run_level = 0
