@@ -31,9 +31,11 @@ from gateway.pipeline.scorers import (
     CusumScorer,
     EwmaScorer,
     MadScorer,
+    PageHinkleyScorer,
     RangeScorer,
     RateScorer,
     ScorerFactory,
+    SeasonalProfile,
     SpikeScorer,
     StuckScorer,
     ZScoreScorer,
@@ -229,6 +231,41 @@ class CusumStep(DetectorStepModel):
         return lambda: CusumScorer(p.k, p.h, p.warmup)
 
 
+class PageHinkleyParams(DetectorParams):
+    delta: Annotated[NonNegativeFloat, Field(allow_inf_nan=False)] = 0.5
+    """Tolerated change of the mean, in standard deviations: smaller shifts are ignored."""
+    threshold: Limit = 20.0
+    """Decision limit of the cumulative deviation, in standard deviations."""
+    warmup: Annotated[int, Field(ge=2, le=1_000_000)] = 50
+    """Readings that set the scale (standard deviation), again after each finding."""
+    period: PositiveDuration | None = None
+    """Test the residual from a seasonal profile of this period (e.g. ``1d``) instead of the
+    value: a drift under a daily cycle."""
+    buckets: Annotated[int, Field(ge=1, le=10_000)] = 288
+    """Slots of the seasonal profile."""
+    alpha: Annotated[float, Field(gt=0, le=1)] = 0.1
+    """Weight of each pass of the period in a slot of the profile."""
+
+
+class PageHinkleyStep(DetectorStepModel):
+    """``page_hinkley: {delta, threshold, warmup}``: the mean drifts away from its running mean."""
+
+    OP: ClassVar[str] = "page_hinkley"
+    page_hinkley: Annotated[PageHinkleyParams, BeforeValidator(_none_is_empty)]
+
+    def params(self) -> DetectorParams:
+        return self.page_hinkley
+
+    def factory(self) -> ScorerFactory:
+        p = self.page_hinkley
+        period = p.period
+        if period is None:
+            return lambda: PageHinkleyScorer(p.delta, p.threshold, p.warmup)
+        return lambda: PageHinkleyScorer(
+            p.delta, p.threshold, p.warmup, SeasonalProfile(period, p.buckets, p.alpha)
+        )
+
+
 class StuckParams(DetectorParams):
     epsilon: Annotated[NonNegativeFloat, Field(allow_inf_nan=False)] = 0.0
     count: Annotated[int, Field(ge=2, le=1_000_000)] | None = None
@@ -258,22 +295,26 @@ class StuckStep(DetectorStepModel):
 
 
 class AnomalyParams(DetectorParams):
-    """Defaults tuned once, one configuration for all files, on the NAB sample (README).
+    """Defaults chosen once, one configuration for all files, on the NAB sample (README).
 
     ``window`` readings for the level and residual references, ``limit`` robust sigmas,
     ``min_count`` readings before any verdict, a ``period`` (default a day) cut into
-    ``buckets`` time-of-day slots learnt with EWMA weight ``alpha``, a spread ``floor``.
-    An episode clears after ``clear_after`` normal readings; ``cooldown`` between raises.
+    ``buckets`` time-of-day slots learnt with weight ``alpha`` per pass, a spread ``floor``;
+    a point anomaly must be ``novelty`` new against the last ``memory`` readings, a
+    time-of-day anomaly must ``persist`` for that many readings. An episode clears after
+    ``clear_after`` normal readings.
     """
 
     window: Annotated[int, Field(ge=10, le=100_000)] = 600
-    limit: Limit = 6.0
+    limit: Limit = 5.0
     min_count: Count = 300
     period: PositiveDuration = 86400.0
     buckets: Annotated[int, Field(ge=1, le=10_000)] = 288
     alpha: Annotated[float, Field(gt=0, le=1)] = 0.3
     floor: Annotated[NonNegativeFloat, Field(le=1)] = 0.02
-    cooldown: Duration = 3 * 86400.0
+    memory: Annotated[int, Field(ge=1, le=100_000)] = 2016
+    novelty: Annotated[NonNegativeFloat, Field(le=1)] = 0.05
+    persist: Annotated[int, Field(ge=1, le=10_000)] = 6
     clear_after: Count = 50
 
 
@@ -289,7 +330,16 @@ class AnomalyStep(DetectorStepModel):
     def factory(self) -> ScorerFactory:
         p = self.anomaly
         return lambda: AnomalyScorer(
-            p.window, p.limit, p.min_count, p.period, p.buckets, p.alpha, p.floor
+            p.window,
+            p.limit,
+            p.min_count,
+            p.period,
+            p.buckets,
+            p.alpha,
+            p.floor,
+            p.memory,
+            p.novelty,
+            p.persist,
         )
 
 
@@ -347,6 +397,7 @@ DETECTOR_MODELS: tuple[type[StepModel], ...] = (
     EwmaStep,
     MadStep,
     CusumStep,
+    PageHinkleyStep,
     StuckStep,
     SpikeStep,
     SilenceStep,

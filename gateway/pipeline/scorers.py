@@ -21,6 +21,16 @@ from sortedcontainers import SortedList
 
 FLAT_MAX = 4096
 """Windows up to this size keep their sorted copy in a plain list (see OrderedWindow)."""
+CLIP = 3.0
+"""Seasonal profile updates are clipped at this many residual sigmas (Huber-style)."""
+TAIL = 4.0
+"""``anomaly``: a level sigma is at least the median's distance to the 1st (or 99th)
+percentile, on the reading's side, over this: with the default limit of 5 a point anomaly
+reaches 1.25 times farther than the usual 1% tail, however heavy that tail is."""
+SIGMAS_10_90 = 2.5631
+"""A normal distribution's 10%-90% range is 2.5631 sigmas."""
+PH_CLIP = 5.0
+"""Page-Hinkley clips each standardized reading to this many sigmas (a robust test)."""
 MAD_PER_SIGMA = 1.4826
 """A normal distribution's sigma is 1.4826 times its median absolute deviation."""
 
@@ -291,6 +301,133 @@ class CusumScorer:
         )
 
 
+class SeasonalProfile:
+    """What each slot of a ``period`` (e.g. the time of day) usually looks like.
+
+    ``buckets`` slots, each an EWMA of the values seen in it. ``alpha`` is the weight of one
+    pass of the period over a slot: readings closer together than a slot's width share it,
+    so sampling faster than the slots does not make the profile chase the signal (and absorb
+    a slow drift). An update can be clipped (Huber-style) so that one wild reading does not
+    distort its slot for days. ``buckets`` floats per key, O(1) per reading.
+    """
+
+    __slots__ = ("alpha", "count", "last_dt", "last_ts", "period", "seen", "step", "values")
+
+    def __init__(self, period: float, buckets: int, alpha: float) -> None:
+        self.period, self.count, self.alpha = period, buckets, alpha
+        self.values = [0.0] * buckets
+        self.seen = bytearray(buckets)
+        self.last_ts = -math.inf
+        self.last_dt = math.inf
+        self.step = alpha
+        """The weight of one reading ``last_dt`` after the previous one (cached: steady rates)."""
+
+    def slot(self, ts: float) -> int:
+        return int(ts % self.period * self.count / self.period)
+
+    def residual(self, slot: int, value: float) -> float | None:
+        """``value`` minus its slot's profile; None if the slot has never been seen."""
+        return value - self.values[slot] if self.seen[slot] else None
+
+    def learn(
+        self, ts: float, slot: int, value: float, residual: float | None, clip: float = math.inf
+    ) -> None:
+        """Fold ``value`` (whose ``residual`` was just computed) into its slot."""
+        dt = ts - self.last_ts
+        self.last_ts = ts
+        if dt != self.last_dt:
+            self.last_dt = dt
+            visit = dt * self.count / self.period
+            alpha = self.alpha
+            self.step = alpha if visit >= 1.0 else 1.0 - (1.0 - alpha) ** max(visit, 0.0)
+        if residual is None:
+            self.seen[slot] = 1
+            self.values[slot] = value
+            return
+        self.values[slot] += self.step * max(-clip, min(clip, residual))
+
+
+class PageHinkleyScorer:
+    """Two-sided Page-Hinkley test: a lasting shift of the mean away from its running mean.
+
+    The first ``warmup`` readings learn the scale (std); from then on each reading is
+    standardized against the running mean of every reading since the last reset,
+    ``m+ += z - delta`` and ``m- += -z - delta``, and the test statistic is how far each sum
+    has climbed above its own minimum; beyond ``threshold`` is drift. Each z is clipped to
+    ``PH_CLIP``, so a lone outlier cannot pass for a drift. Unlike ``cusum`` the
+    reference follows the signal, so only a change that outpaces the mean's own learning is
+    reported. After a finding the test restarts (the new regime is learnt afresh). O(1).
+
+    With a ``profile`` the test runs on the residual from that seasonal profile (a signal
+    with a daily cycle drifts away from what its time of day usually looks like), and starts
+    once the profile has seen the slot.
+    """
+
+    __slots__ = (
+        "count",
+        "delta",
+        "low",
+        "low_min",
+        "m2",
+        "mean",
+        "profile",
+        "threshold",
+        "up",
+        "up_min",
+        "warmup",
+    )
+
+    def __init__(
+        self, delta: float, threshold: float, warmup: int, profile: SeasonalProfile | None = None
+    ) -> None:
+        self.delta, self.threshold, self.warmup = delta, threshold, warmup
+        self.profile = profile
+        self._reset()
+
+    def _reset(self) -> None:
+        self.count = 0
+        self.mean = self.m2 = 0.0
+        self.up = self.up_min = self.low = self.low_min = 0.0
+
+    def observe(self, ts: float, value: float) -> Finding | None:
+        x = value
+        profile = self.profile
+        if profile is not None:
+            slot = profile.slot(ts)
+            residual = profile.residual(slot, value)
+            profile.learn(ts, slot, value, residual)
+            if residual is None:
+                return None
+            x = residual
+        self.count += 1
+        delta = x - self.mean
+        self.mean += delta / self.count
+        if self.count <= self.warmup:
+            self.m2 += delta * (x - self.mean)
+            return None
+        std = math.sqrt(self.m2 / (self.warmup - 1))
+        z = (x - self.mean) / std if std > 0 else 0.0
+        z = max(-PH_CLIP, min(PH_CLIP, z))
+        self.up += z - self.delta
+        self.low -= z + self.delta
+        self.up_min = min(self.up_min, self.up)
+        self.low_min = min(self.low_min, self.low)
+        rise, fall = self.up - self.up_min, self.low - self.low_min
+        statistic = max(rise, fall)
+        if statistic <= self.threshold:
+            return None
+        direction = "up" if rise >= fall else "down"
+        mean = self.mean
+        self._reset()
+        what = "the usual time-of-period profile" if self.profile is not None else "the mean"
+        return Finding(
+            statistic,
+            self.threshold,
+            f"drifting {direction} from {what} (Page-Hinkley {statistic:.1f})",
+            {"mean": mean, "std": std, "page_hinkley": statistic},
+        )
+
+
 class StuckScorer:
     """Flatline: no change beyond ``epsilon`` for ``count`` readings and/or ``duration`` s."""
 
@@ -371,90 +508,157 @@ class SpikeScorer:
 class AnomalyScorer:
     """The default detector for signals nothing is known about: a small robust ensemble.
 
-    Two robust z-scores, the larger one decides:
+    * **point**: the distance of the value from the median of the last ``window`` readings,
+      in robust sigmas, counts only if the value is also *new*: farther than ``novelty``
+      times that distance from every value of the last ``memory`` readings. A daily burst,
+      a recurring spike or a level visited before is not news, however far from the median;
+      a value beyond anything seen lately is.
+    * **seasonal**: the residual from what this time of the ``period`` usually looks like
+      (:class:`SeasonalProfile`, ``buckets`` slots, weight ``alpha``, updates clipped at
+      ``CLIP`` residual sigmas), relative to the typical residual of the last ``window``
+      readings. It counts once it has stayed beyond ``limit`` for ``persist`` readings in a
+      row: a missing or deformed daily cycle, not one odd reading (the point score's job).
+    * **regime change**: when ``persist`` readings in a row lie beyond ``limit`` on the same
+      side of the median, the level has moved: the level window restarts from them and the
+      point score waits for ``min_count`` readings of the new regime, so the old level does
+      not inflate the scale of the new one.
 
-    * **level**: distance of the value from the median of the last ``window`` readings;
-    * **seasonal**: distance of the value from what this time of day (``period`` seconds,
-      ``buckets`` slots) usually looks like, an EWMA per slot, relative to the typical size of
-      that seasonal residual over the last ``window`` readings. It catches a missing daily
-      cycle or a flattened signal that stays inside the level's usual range.
-
-    Each z-score is the deviation over a robust sigma (MAD estimated from the inter-quartile
-    range) floored at ``floor`` times the window's 1%-99% spread, so quantized or nearly
-    constant signals do not turn every small step into an infinite score. Memory is bounded
-    (two windows and ``buckets`` floats per key), each reading costs O(log window).
+    The larger score decides, against ``limit``. A sigma is the largest of the robust
+    estimates from the inter-quartile and the 10%-90% range (so quantized signals keep a
+    sensible scale) and ``floor`` times the window's 1%-99% spread; for the level, also the
+    distance from the median to the 1% tail on the reading's side over ``TAIL`` (so a
+    heavy-tailed, spiky signal needs a spike beyond its usual ones). Memory is bounded (three
+    windows and ``buckets`` floats per key); each reading costs O(log memory).
     """
 
     __slots__ = (
-        "alpha",
-        "bucket_count",
-        "bucket_seen",
-        "buckets",
         "floor",
         "level",
         "limit",
+        "memory",
         "min_count",
-        "period",
+        "novelty",
+        "persist",
+        "profile",
         "residuals",
+        "run_level",
+        "run_seasonal",
+        "window",
     )
 
     def __init__(
         self,
         window: int = 600,
-        limit: float = 6.0,
+        limit: float = 5.0,
         min_count: int = 300,
         period: float = 86400.0,
         buckets: int = 288,
         alpha: float = 0.3,
         floor: float = 0.02,
+        memory: int = 2016,
+        novelty: float = 0.05,
+        persist: int = 6,
     ) -> None:
+        self.window = window
         self.level = OrderedWindow(window)
+        self.memory = OrderedWindow(memory)
         self.residuals = OrderedWindow(window)
-        self.limit, self.min_count = limit, min_count
-        self.period, self.bucket_count, self.alpha, self.floor = period, buckets, alpha, floor
-        self.buckets = [0.0] * buckets
-        self.bucket_seen = bytearray(buckets)
+        self.profile = SeasonalProfile(period, buckets, alpha)
+        self.limit, self.min_count, self.floor = limit, min_count, floor
+        self.novelty, self.persist = novelty, persist
+        self.run_level = 0
+        """Readings in a row beyond the limit on one side of the median (+ above, - below)."""
+        self.run_seasonal = 0
 
-    def _z(self, window: OrderedWindow, diff: float) -> tuple[float, float]:
-        spread = window.quantile(0.99) - window.quantile(0.01)
-        scale = max(window.robust_scale(), self.floor * spread)
-        if scale > 0:
-            return diff / scale, scale
-        return (0.0 if diff == 0 else math.inf), scale
+    def _scale(self, window: OrderedWindow, lower: float) -> float:
+        """The window's sigma, given ``lower`` (its 10%-90% estimate, computed already)."""
+        q = window.quantile
+        return max(
+            MAD_PER_SIGMA * (q(0.75) - q(0.25)) / 2.0, lower, self.floor * (q(0.99) - q(0.01))
+        )
+
+    def _novel(self, value: float, distance: float) -> bool:
+        """Whether every recent value is farther than ``novelty`` * ``distance`` away."""
+        ordered = self.memory.sorted
+        i = bisect_left(ordered, value)
+        gap = self.novelty * distance
+        if i < len(ordered) and ordered[i] - value <= gap:
+            return False
+        return not (i > 0 and value - ordered[i - 1] <= gap)
 
     def observe(self, ts: float, value: float) -> Finding | None:
-        level, residuals = self.level, self.residuals
-        slot = int(ts % self.period * self.bucket_count / self.period)
-        seasonal: float | None = None
-        if self.bucket_seen[slot]:
-            seasonal = value - self.buckets[slot]
-            self.buckets[slot] += self.alpha * seasonal
-        else:
-            self.bucket_seen[slot] = 1
-            self.buckets[slot] = value
+        # Each sigma is a max of estimates: the 10%-90% one alone is a lower bound, and a
+        # reading well inside it (the common case) needs none of the others.
+        level, residuals, limit = self.level, self.residuals, self.limit
+        ready = len(residuals) >= self.min_count
+        profile, slot = self.profile, self.profile.slot(ts)
+        seasonal = profile.residual(slot, value)
+        z_seasonal = deviation = 0.0
+        clip = math.inf
+        if ready:
+            q = residuals.quantile
+            lower = (q(0.9) - q(0.1)) / SIGMAS_10_90
+            deviation = 0.0 if seasonal is None else seasonal - q(0.5)
+            bound = max(abs(deviation) / limit, abs(seasonal or 0.0) / CLIP)
+            scale = self._scale(residuals, lower) if bound > lower else lower
+            clip = CLIP * scale
+            if scale > 0:
+                z_seasonal = deviation / scale
+        profile.learn(ts, slot, value, seasonal, clip)
+        self.run_seasonal = self.run_seasonal + 1 if abs(z_seasonal) > limit else 0
         finding = None
         if len(level) >= self.min_count:
-            median = level.quantile(0.5)
-            z_level, level_scale = self._z(level, value - median)
-            z_seasonal = 0.0
-            if seasonal is not None and len(residuals) >= self.min_count:
-                z_seasonal, _ = self._z(residuals, seasonal - residuals.quantile(0.5))
-            score = max(abs(z_level), abs(z_seasonal))
-            if score > self.limit:
-                which = "level" if abs(z_level) >= abs(z_seasonal) else "seasonal"
-                finding = Finding(
-                    score,
-                    self.limit,
-                    f"anomalous {which}: robust z {z_level:+.1f} (level), "
-                    f"{z_seasonal:+.1f} (time of day)",
-                    {
-                        "median": median,
-                        "scale": level_scale,
-                        "z_level": z_level,
-                        "z_seasonal": z_seasonal,
-                    },
-                )
+            q = level.quantile
+            median = q(0.5)
+            diff = value - median
+            lower = (q(0.9) - q(0.1)) / SIGMAS_10_90
+            side = 0
+            if abs(diff) > limit * lower:
+                tail = q(0.99) - median if diff > 0 else median - q(0.01)
+                scale = max(self._scale(level, lower), tail / TAIL)
+                if abs(diff) > limit * scale:
+                    side = 1 if diff > 0 else -1
+            run = self.run_level
+            self.run_level = run + side if side and run * side >= 0 else side
+            pattern = abs(z_seasonal) if self.run_seasonal >= self.persist else 0.0
+            point = 0.0
+            if side and self._novel(value, abs(diff)):
+                point = abs(diff) / scale if scale > 0 else math.inf
+            if point > limit or pattern > limit:
+                finding = self._finding(median, diff, deviation, point >= pattern)
+            if abs(self.run_level) >= self.persist:
+                self._rebase()
         level.add(value)
+        self.memory.add(value)
         if seasonal is not None:
             residuals.add(seasonal)
         return finding
+
+    def _finding(self, median: float, diff: float, deviation: float, point: bool) -> Finding:
+        """The finding with both z-scores exact (``observe`` skips what it can)."""
+        q = self.level.quantile
+        tail = q(0.99) - median if diff > 0 else median - q(0.01)
+        lower = (q(0.9) - q(0.1)) / SIGMAS_10_90
+        scale = max(self._scale(self.level, lower), tail / TAIL)
+        z_level = diff / scale if scale > 0 else (0.0 if diff == 0 else math.inf)
+        z_seasonal = 0.0
+        if deviation:
+            q = self.residuals.quantile
+            residual_scale = self._scale(self.residuals, (q(0.9) - q(0.1)) / SIGMAS_10_90)
+            z_seasonal = deviation / residual_scale if residual_scale > 0 else 0.0
+        which = "level" if point else "time-of-day pattern"
+        return Finding(
+            abs(z_level) if point else abs(z_seasonal),
+            self.limit,
+            f"anomalous {which}: robust z {z_level:+.1f} (level), {z_seasonal:+.1f} (time of day)",
+            {"median": median, "scale": scale, "z_level": z_level, "z_seasonal": z_seasonal},
+        )
+
+    def _rebase(self) -> None:
+        """The level has moved: keep only the readings of the new regime."""
+        ring = self.level.ring
+        keep = abs(self.run_level) - 1  # the reading that ends the run is added by observe
+        self.level = OrderedWindow(self.window)
+        for x in list(ring)[len(ring) - keep :]:
+            self.level.add(x)
+        self.run_level = 0

@@ -39,6 +39,7 @@ from gateway.pipeline.detector_steps import (
     CusumStep,
     EwmaStep,
     MadStep,
+    PageHinkleyStep,
     RangeStep,
     RateOfChangeStep,
     SilenceStep,
@@ -300,6 +301,7 @@ Step = Annotated[
     | Annotated[EwmaStep, Tag("ewma")]
     | Annotated[MadStep, Tag("mad")]
     | Annotated[CusumStep, Tag("cusum")]
+    | Annotated[PageHinkleyStep, Tag("page_hinkley")]
     | Annotated[StuckStep, Tag("stuck")]
     | Annotated[SpikeStep, Tag("spike")]
     | Annotated[SilenceStep, Tag("silence")]

@@ -33,6 +33,7 @@ CASES: dict[str, list[dict[str, Any]]] = {
     "ewma": [{"ewma": None}],
     "mad": [{"mad": {"window": 100}}],
     "cusum": [{"cusum": None}],
+    "page_hinkley": [{"page_hinkley": None}],
     "stuck": [{"stuck": {"count": 20}}],
     "spike": [{"spike": None}],
     "silence": [{"silence": {"after": "10m"}}],

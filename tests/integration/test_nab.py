@@ -12,7 +12,7 @@ import pytest
 ROOT = Path(__file__).resolve().parents[2]
 NAB = ROOT.parent / "shared" / "data" / "nab"
 SCORER = ROOT.parent / "shared" / "tools" / "nab_score.py"
-RELEASED_SCORE = 62.0
+RELEASED_SCORE = 79.41
 """What config/examples/anomaly.yaml scored when it was tuned (README, "Detectors")."""
 
 

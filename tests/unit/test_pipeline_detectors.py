@@ -156,6 +156,32 @@ def test_cusum_finds_a_slow_drift_that_no_single_reading_gives_away() -> None:
     assert alerts(quiet) == []
 
 
+def test_page_hinkley_reports_a_level_shift_once_then_learns_the_new_level() -> None:
+    values = [*noise(100), *noise(300, seed=2, mean=23.0)]
+    scheduler = TestScheduler()
+    out = run(build({"page_hinkley": {"warmup": 50}}, scheduler), scheduler, series(values))
+    raised = [a for a in alerts(out) if a.state == "raised"]
+    assert len(raised) == 1  # cusum, whose baseline stays put, would report it again and again
+    assert 100 <= raised[0].ts < 110
+    assert "drifting up from the mean" in raised[0].message
+    assert raised[0].evidence["page_hinkley"] > 20
+
+
+def test_page_hinkley_finds_a_slow_drift_down_and_stays_quiet_on_noise() -> None:
+    drift = [v - 0.02 * i for i, v in enumerate(noise(200, seed=5))]  # -4 sigma over 200
+    scheduler = TestScheduler()
+    op = build({"page_hinkley": {"delta": 0.5, "threshold": 20, "warmup": 100}}, scheduler)
+    raised = [
+        a for a in alerts(run(op, scheduler, series([*noise(100), *drift]))) if a.state == "raised"
+    ]
+    assert raised
+    assert 150 < raised[0].ts < 200
+    assert "drifting down from the mean" in raised[0].message
+    scheduler = TestScheduler()
+    quiet = run(build({"page_hinkley": None}, scheduler), scheduler, series(noise(2000, seed=3)))
+    assert alerts(quiet) == []
+
+
 def test_stuck_by_count_and_by_duration() -> None:
     values = [1, 2, 3, 5, 5, 5.05, 5, 5, 6]
     scheduler = TestScheduler()
@@ -283,7 +309,28 @@ def test_anomaly_default_finds_a_missing_daily_cycle_and_stays_quiet_on_a_normal
         found.append([round(a.ts / 300) for a in alerts(out) if a.state == "raised"])
     assert found[0] == []
     [index] = found[1]
-    assert 288 * 6 <= index < 288 * 6 + 12  # within the hour the cycle went missing
+    # within 90 minutes of the cycle going missing: the gap grows from 0, then must persist
+    assert 288 * 6 <= index < 288 * 6 + 18
+
+
+def test_anomaly_default_ignores_a_daily_burst_it_has_seen_and_reports_a_new_one() -> None:
+    rng = random.Random(3)
+    values = [1.0 + rng.gauss(0, 0.05) for _ in range(288 * 8)]
+    for day in range(8):
+        values[288 * day + 36] = 10.0 + rng.gauss(0, 0.2)  # 03:00 every day: a routine job
+    values[288 * 6 + 180] = 20.0  # 15:00 on day 6: twice the routine burst, at another time
+    scheduler = TestScheduler()
+    out = run(build({"anomaly": None}, scheduler), scheduler, series(values, step=300.0))
+    assert [a.ts / 300 for a in alerts(out) if a.state == "raised"] == [288 * 6 + 180]
+
+
+def test_anomaly_default_learns_a_new_level_and_still_sees_a_spike_on_it() -> None:
+    values = [*noise(288 * 3, seed=4, mean=10.0), *noise(288 * 3, seed=5, mean=20.0)]
+    values[288 * 5] = 27.0  # 7 sigmas above the new level, a day and a half later
+    scheduler = TestScheduler()
+    out = run(build({"anomaly": None}, scheduler), scheduler, series(values, step=300.0))
+    raised = [round(a.ts / 300) for a in alerts(out) if a.state == "raised"]
+    assert raised == [288 * 3, 288 * 5]
 
 
 @pytest.mark.parametrize(

@@ -92,6 +92,7 @@ def test_step_names_cover_the_union() -> None:
         "ewma",
         "mad",
         "cusum",
+        "page_hinkley",
         "stuck",
         "spike",
         "silence",
