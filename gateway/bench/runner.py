@@ -31,6 +31,7 @@ from gateway.bench.agents import METRIC, device_name
 from gateway.bench.brokers import Broker, mosquitto_binary
 from gateway.bench.collector import Collector
 from gateway.bench.micro import run_micro
+from gateway.bench.peers import PEERS, PeerUnavailable, make_peer
 from gateway.bench.systems import (
     Agent,
     Ceiling,
@@ -151,6 +152,8 @@ class Bench:
         self.collector = Collector("127.0.0.1", self.upstream.port, profile.lateness_s)
         self.seq = 0
         self.results: dict[str, Result] = {}
+        self.unavailable: dict[str, str] = {}
+        """Peers that cannot run here, with the reason (not retried for the next QoS)."""
 
     def close(self) -> None:
         self.collector.close()
@@ -359,6 +362,42 @@ class Bench:
                 system.stop()
                 publisher.stop()
             self._ratio(result, ceiling)
+
+    def peer(self, peer: str, qos: int, ceiling: str, gateway: str) -> None:
+        """A peer (``--peers``) on the forward job, measured like ``edge-gateway``."""
+        with self._scenario(f"{peer}: forward q{qos}", "peer") as result:
+            try:
+                if peer in self.unavailable:
+                    raise PeerUnavailable(self.unavailable[peer])
+                workdir = self.workdir / f"{peer}-q{qos}"
+                local, upstream = self.local.port, self.upstream.port
+                system = make_peer(peer, workdir, local, upstream, qos, self.collector, self.say)
+            except PeerUnavailable as exc:
+                self.unavailable[peer] = str(exc)
+                result.notes.append(f"skipped: {exc}")
+                self.say(f"    skipped: {exc}")
+                return
+            publisher = Agent("publish", "--port", str(self.local.port), "--qos", str(qos))
+            try:
+                load = Load(publisher)
+                self.ramp(system, load, result)
+                self.latency(system, load, result, self.p.latency_s, aggregates=False)
+                self._latency_below_max(system, load, result)
+                self._finish(system, result)
+            finally:
+                system.stop()
+                publisher.stop()
+            self._ratio(result, ceiling)
+            if peer == "thingsboard":
+                result.notes.append(
+                    "no filter step (its MQTT connector's JSON converter has none); telemetry "
+                    "goes out batched per device every 50 ms (minPackSendDelayMS, its default)"
+                )
+            ours = self.results.get(gateway)
+            if ours and ours.readings_per_s and result.readings_per_s:
+                result.notes.append(
+                    f"{gateway} sustains {ours.readings_per_s / result.readings_per_s:.2f}x this"
+                )
 
     def _latency_below_max(self, system: System, load: Load, result: Result) -> None:
         """When the fixed latency rate is beyond what the system sustains, its latency there
@@ -652,7 +691,7 @@ def _timed(cfg: Path, recording: Path, workdir: Path) -> tuple[float, float, flo
 def _in_table(note: str) -> bool:
     """Notes worth a place in the table (all of them are in the JSON)."""
     return note.startswith(("skipped", "failed", "lost", "aggregates LOST")) or any(
-        key in note for key in ("80% of sustained", "in no aggregate")
+        key in note for key in ("80% of sustained", "in no aggregate", "x this")
     )
 
 
@@ -708,6 +747,15 @@ def run(args: argparse.Namespace) -> int:
     if unknown:
         print(f"unknown scenario(s) {sorted(unknown)}; choose from {SCENARIOS}", file=sys.stderr)
         return 2
+    peers = args.peers.split(",") if args.peers else []
+    if set(peers) - set(PEERS):
+        print(
+            f"unknown peer(s) {sorted(set(peers) - set(PEERS))}; choose from {PEERS}",
+            file=sys.stderr,
+        )
+        return 2
+    if peers:
+        only.add("forward")  # compared with edge-gateway's forward, same run
 
     def say(text: str) -> None:
         print(text, file=sys.stderr, flush=True)
@@ -725,6 +773,10 @@ def run(args: argparse.Namespace) -> int:
             if "forward" in only:
                 bench.forward("gateway: forward q0", 0, "ceiling: paho forward q0")
                 bench.forward("gateway: forward q1", 1, "ceiling: paho forward q1")
+            for qos in (0, 1) if "forward" in only else ():
+                for peer in peers:
+                    forward = f"forward q{qos}"
+                    bench.peer(peer, qos, f"ceiling: paho {forward}", f"gateway: {forward}")
             if "full" in only:
                 parse = "ceiling: paho subscribe q0"
                 bench.full("gateway: full, sync normal", "normal", parse, extended=True)
@@ -768,6 +820,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "--only",
         metavar="LIST",
         help=f"comma-separated subset of {','.join(SCENARIOS)} (default: all but soak)",
+    )
+    parser.add_argument(
+        "--peers",
+        metavar="LIST",
+        help=f"also run {','.join(PEERS)} on the forward job (installed on first use into "
+        "~/.cache/edge-gateway-bench; skipped when that is not possible)",
     )
     parser.add_argument(
         "--soak",
