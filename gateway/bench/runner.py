@@ -32,6 +32,7 @@ from gateway.bench.brokers import Broker, mosquitto_binary
 from gateway.bench.collector import Collector
 from gateway.bench.micro import run_micro
 from gateway.bench.peers import PEERS, PeerUnavailable, make_peer
+from gateway.bench.soak import rss_trend
 from gateway.bench.systems import (
     Agent,
     Ceiling,
@@ -43,6 +44,8 @@ from gateway.bench.systems import (
     wait_for,
 )
 
+SOAK_SAMPLE_S = 1.0
+"""The soak sends a second's worth of readings, then samples RSS."""
 ANOMALY_EXAMPLE = Path(__file__).resolve().parents[2] / "config" / "examples" / "anomaly.yaml"
 
 
@@ -126,7 +129,9 @@ class Result:
     """Peak RSS of the system under test over the scenario."""
     cpu_pct_at_max: float | None = None
     rss_10k_devices_mb: float | None = None
-    rss_slope_mb_per_min: float | None = None
+    rss_slope_mb_per_hour: float | None = None
+    """Soak: least-squares RSS slope over the second half of the samples."""
+    rss_final_mb: float | None = None
     us_per_reading: float | None = None
     latency_rate: float | None = None
     notes: list[str] = field(default_factory=list)
@@ -483,8 +488,9 @@ class Bench:
             self._ratio(result, ceiling)
 
     def soak(self, name: str, seconds: float, ceiling: str, rate: float | None = None) -> None:
-        """The full pipeline at ``rate`` (default: the latency rate) for ``seconds``: RSS
-        slope in MB/min."""
+        """The full pipeline at ``rate`` (default: the latency rate) from 10,000 devices for
+        ``seconds`` after a warm-up: RSS sampled every second, its slope over the second
+        half in MB/hour, and the final RSS."""
         with self._scenario(name, "soak") as result:
             pipelines = self._full_pipelines(result)
             workdir, config = self._config(name, pipelines, qos_in=0, qos_out=1)
@@ -498,27 +504,32 @@ class Bench:
                 sent = 0
                 cpu0, t0 = cpu_seconds(system.pid), time.monotonic()
                 while (elapsed := time.monotonic() - t0) < seconds + warmup:
-                    n, _ = load.send(rate, int(rate), self.seq)
+                    n, _ = load.send(rate, max(int(rate * SOAK_SAMPLE_S), 1), self.seq)
                     self.seq += n
                     sent += n
                     if elapsed > warmup:
-                        samples.append((elapsed / 60, memory_mb(system.pid)[0]))
+                        samples.append((elapsed - warmup, memory_mb(system.pid)[0]))
                 result.cpu_pct = round(
                     (cpu_seconds(system.pid) - cpu0) / (time.monotonic() - t0) * 100, 1
                 )
-                _wait_quietly(lambda: system.progress() >= sent, 10)
-                if system.progress() < sent:
-                    result.notes.append(f"only {system.progress()} of {sent} readings stored")
+                _wait_quietly(lambda: system.progress() >= sent, 30)
+                stored = system.progress()
+                if stored < sent:
+                    result.notes.append(f"lost or late: only {stored} of {sent} readings stored")
                 result.readings_per_s = rate
-                slope = _slope(samples)
-                result.notes.append(
-                    f"RSS {samples[0][1]:.1f} -> {samples[-1][1]:.1f} MB over {seconds:.0f}s, "
-                    f"slope {slope:+.3f} MB/min ({self.p.rss_devices} devices, {rate:.0f}/s)"
-                    if samples
-                    else "soak too short to sample"
-                )
-                result.rss_slope_mb_per_min = round(slope, 4)
-                result.steps = [{"minute": round(m, 3), "rss_mb": round(r, 1)} for m, r in samples]
+                trend = rss_trend(samples)
+                if trend is None:
+                    result.notes.append("soak too short to sample")
+                else:
+                    result.rss_slope_mb_per_hour = round(trend.slope_mb_per_hour, 3)
+                    result.rss_final_mb = round(trend.final_mb, 1)
+                    result.notes.append(
+                        f"RSS {trend.first_mb:.1f} -> {trend.half_mb:.1f} (half way) -> "
+                        f"{trend.final_mb:.1f} MB over {seconds:.0f}s after a {warmup:.0f}s "
+                        f"warm-up; second-half slope {trend.slope_mb_per_hour:+.2f} MB/hour "
+                        f"({self.p.rss_devices} devices, {rate:.0f}/s, {sent} readings)"
+                    )
+                result.steps = [{"s": round(t, 1), "rss_mb": round(r, 1)} for t, r in samples]
                 self._finish(system, result)
             finally:
                 system.stop()
@@ -636,18 +647,6 @@ class Bench:
             )
 
 
-def _slope(samples: Sequence[tuple[float, float]]) -> float:
-    """Least-squares slope of (x, y) samples; 0 with fewer than two."""
-    if len(samples) < 2:
-        return 0.0
-    n = len(samples)
-    mx = sum(x for x, _ in samples) / n
-    my = sum(y for _, y in samples) / n
-    sxx = sum((x - mx) ** 2 for x, _ in samples)
-    sxy = sum((x - mx) * (y - my) for x, y in samples)
-    return sxy / sxx if sxx else 0.0
-
-
 def _wait_quietly(predicate: Callable[[], bool], timeout: float) -> None:
     with contextlib.suppress(RuntimeError):
         wait_for(predicate, timeout, "")
@@ -713,8 +712,11 @@ def table(results: Sequence[Result]) -> str:
             micro.append(f"  {r.name.removeprefix('micro: '):44} {cell(r.us_per_reading, '8.3f')}")
             continue
         extra = []
-        if r.rss_slope_mb_per_min is not None:
-            extra.append(f"RSS slope {r.rss_slope_mb_per_min:+.3f} MB/min")
+        if r.rss_slope_mb_per_hour is not None:
+            extra.append(
+                f"RSS slope {r.rss_slope_mb_per_hour:+.2f} MB/hour (2nd half), "
+                f"final {r.rss_final_mb} MB"
+            )
         if r.rss_10k_devices_mb is not None:
             extra.append(f"RSS {r.rss_10k_devices_mb:.0f} MB with many devices")
         if r.cpu_pct_at_max is not None:
