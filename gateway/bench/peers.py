@@ -46,6 +46,20 @@ def _install(cmd: list[str], log: Path, what: str) -> None:
         raise PeerUnavailable(f"installing {what} failed ({' '.join(cmd)}); see {log}")
 
 
+class Peer(System):
+    """A peer process; progress is what the collector counted upstream."""
+
+    def _started(self, ready: Callable[[], bool], what: str, log: Path) -> None:
+        """Wait for ``ready`` (or an exit); stop the process and raise when it did not come up."""
+        try:
+            wait_for(lambda: ready() or self.proc.poll() is not None, 60, what)
+            if self.proc.poll() is not None:
+                raise RuntimeError(f"exited with {self.proc.returncode}: {_read(log)[-2000:]}")
+        except BaseException:
+            self.stop()
+            raise
+
+
 # ------------------------------------------------------------------ Node-RED
 
 
@@ -156,7 +170,7 @@ def node_red_flows(local: int, upstream: int, qos: int) -> list[dict[str, Any]]:
     ]
 
 
-class NodeRed(System):
+class NodeRed(Peer):
     """Node-RED running the forward flow; progress = messages the collector received."""
 
     def __init__(
@@ -183,11 +197,9 @@ class NodeRed(System):
         self._collector = collector
 
         def connected() -> bool:
-            return self.log().count("Connected to broker") >= 2 or self.proc.poll() is not None
+            return self.log().count("Connected to broker") >= 2
 
-        wait_for(connected, 60, "Node-RED to connect to both brokers")
-        if self.proc.poll() is not None:
-            raise RuntimeError(f"Node-RED exited: {self.log()[-2000:]}")
+        self._started(connected, "Node-RED to connect to both brokers", self.log_path)
 
     def log(self) -> str:
         return self.log_path.read_text(errors="replace")
@@ -326,7 +338,7 @@ class ThingsBoardStandIn:
         self._thread.join(timeout=2)
 
 
-class ThingsBoard(System):
+class ThingsBoard(Peer):
     """The ThingsBoard IoT Gateway's MQTT connector; progress = telemetry datapoint sets
     (readings) the collector counted in ``v1/gateway/telemetry`` messages."""
 
@@ -344,21 +356,21 @@ class ThingsBoard(System):
         self.log_path = workdir / "thingsboard.log"
         env = {**os.environ, "TB_GW_CONFIG_DIR": str(config)}
         with open(self.log_path, "wb") as log:
-            self.proc = subprocess.Popen(
-                [str(script)], stdout=log, stderr=subprocess.STDOUT, cwd=workdir, env=env
-            )
+            try:
+                self.proc = subprocess.Popen(
+                    [str(script)], stdout=log, stderr=subprocess.STDOUT, cwd=workdir, env=env
+                )
+            except OSError:
+                self._stand_in.close()
+                raise
         self._collector = collector
         logs = workdir / "logs"
 
         def ready() -> bool:
-            if self.proc.poll() is not None:
-                return True
             text = "".join(_read(log) for log in logs.glob("*.log"))
             return "subscription success" in text and "Gateway started" in text
 
-        wait_for(ready, 60, "the ThingsBoard gateway to start and subscribe")
-        if self.proc.poll() is not None:
-            raise RuntimeError(f"thingsboard-gateway exited: {_read(self.log_path)[-2000:]}")
+        self._started(ready, "the ThingsBoard gateway to start and subscribe", self.log_path)
 
     def progress(self) -> int:
         return self._collector.thingsboard_readings
