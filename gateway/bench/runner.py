@@ -32,7 +32,7 @@ from gateway.bench.brokers import Broker, mosquitto_binary
 from gateway.bench.collector import Collector
 from gateway.bench.micro import run_micro
 from gateway.bench.peers import PEERS, PeerUnavailable, make_peer
-from gateway.bench.soak import rss_trend
+from gateway.bench.soak import rss_trend, slope
 from gateway.bench.systems import (
     Agent,
     Ceiling,
@@ -46,6 +46,8 @@ from gateway.bench.systems import (
 
 SOAK_SAMPLE_S = 1.0
 """The soak sends a second's worth of readings, then samples RSS."""
+SOAK_BACKLOG_EVERY = 10
+"""... and every 10 samples, how many readings are not stored yet (a count over SQLite)."""
 ANOMALY_EXAMPLE = Path(__file__).resolve().parents[2] / "config" / "examples" / "anomaly.yaml"
 
 
@@ -501,6 +503,7 @@ class Bench:
                 rate = rate or self.p.latency_rate
                 warmup = self.p.window_s + self.p.lateness_s + 2
                 samples: list[tuple[float, float]] = []
+                behind: list[tuple[float, float]] = []  # (seconds, sent but not stored yet)
                 sent = 0
                 cpu0, t0 = cpu_seconds(system.pid), time.monotonic()
                 while (elapsed := time.monotonic() - t0) < seconds + warmup:
@@ -509,6 +512,8 @@ class Bench:
                     sent += n
                     if elapsed > warmup:
                         samples.append((elapsed - warmup, memory_mb(system.pid)[0]))
+                        if len(samples) % SOAK_BACKLOG_EVERY == 1:
+                            behind.append((elapsed - warmup, sent - system.progress()))
                 result.cpu_pct = round(
                     (cpu_seconds(system.pid) - cpu0) / (time.monotonic() - t0) * 100, 1
                 )
@@ -530,11 +535,26 @@ class Bench:
                         f"({self.p.rss_devices} devices, {rate:.0f}/s, {sent} readings)"
                     )
                 result.steps = [{"s": round(t, 1), "rss_mb": round(r, 1)} for t, r in samples]
+                for (_, b), step in zip(behind, result.steps[::SOAK_BACKLOG_EVERY], strict=True):
+                    step["behind"] = int(b)
+                self._soak_backlog(result, behind, rate)
                 self._finish(system, result)
             finally:
                 system.stop()
                 publisher.stop()
             self._ratio(result, ceiling)
+
+    def _soak_backlog(self, result: Result, behind: list[tuple[float, float]], rate: float) -> None:
+        """RSS that grows with a backlog is the gateway falling behind, not a leak: say so."""
+        if len(behind) < 2:
+            return
+        growth = slope(behind[len(behind) // 2 :])
+        if behind[-1][1] > 2 * rate and growth > 0:
+            result.notes.append(
+                f"fell behind: {behind[-1][1]:.0f} readings not yet stored at the end, the "
+                f"backlog growing {growth:.0f}/s; RSS growth includes it (a rate it sustains: "
+                "--soak-rate)"
+            )
 
     def _check_aggregates(self, result: Result, aggregated0: int, stored: int, db: Path) -> None:
         """After a clean stop, every aggregate the gateway stored is upstream or still in the
@@ -690,7 +710,7 @@ def _timed(cfg: Path, recording: Path, workdir: Path) -> tuple[float, float, flo
 def _in_table(note: str) -> bool:
     """Notes worth a place in the table (all of them are in the JSON)."""
     return note.startswith(("skipped", "failed", "lost", "aggregates LOST")) or any(
-        key in note for key in ("80% of sustained", "in no aggregate", "x this")
+        key in note for key in ("80% of sustained", "in no aggregate", "x this", "backlog growing")
     )
 
 

@@ -85,5 +85,6 @@ def test_soak_samples_rss_and_reports_its_slope_and_final_value(tmp_path: Path) 
     assert soak["readings_per_s"] == 500
     assert len(soak["steps"]) >= 3  # one RSS sample a second
     assert soak["rss_final_mb"] == soak["steps"][-1]["rss_mb"] > 0
+    assert soak["steps"][0]["behind"] >= 0  # readings not stored yet, every 10 samples
     assert isinstance(soak["rss_slope_mb_per_hour"], float)
     assert not any(n.startswith(("failed", "lost")) for n in soak["notes"]), soak["notes"]
