@@ -532,7 +532,9 @@ class Bench:
                         f"RSS {trend.first_mb:.1f} -> {trend.half_mb:.1f} (half way) -> "
                         f"{trend.final_mb:.1f} MB over {seconds:.0f}s after a {warmup:.0f}s "
                         f"warm-up; second-half slope {trend.slope_mb_per_hour:+.2f} MB/hour "
-                        f"({self.p.rss_devices} devices, {rate:.0f}/s, {sent} readings)"
+                        f"({self.p.rss_devices} devices, {rate:.0f}/s, {sent} readings: "
+                        f"{sent // self.p.rss_devices} per device, so per-device state such as "
+                        "a detector's last-N window may still be filling)"
                     )
                 result.steps = [{"s": round(t, 1), "rss_mb": round(r, 1)} for t, r in samples]
                 for (_, b), step in zip(behind, result.steps[::SOAK_BACKLOG_EVERY], strict=True):
