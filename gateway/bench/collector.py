@@ -9,6 +9,7 @@ from __future__ import annotations
 import os
 import threading
 import time
+from typing import Any
 
 import orjson
 
@@ -17,6 +18,8 @@ from gateway.bench.agents import PROGRESS_TOPIC
 
 MAX_SAMPLES = 500_000
 _PROGRESS = PROGRESS_TOPIC.encode()
+THINGSBOARD_TELEMETRY = b"v1/gateway/telemetry"
+"""Where the ThingsBoard IoT Gateway (a ``--peers`` system) sends device telemetry."""
 
 
 class Collector:
@@ -29,6 +32,8 @@ class Collector:
         self.aggregated = 0
         """Sum of ``count`` over the aggregates received: readings that went into windows."""
         self.alerts = 0
+        self.thingsboard_readings = 0
+        """Readings in ThingsBoard gateway telemetry (``{device: [{ts, values}, ...]}``)."""
         self.recording = False
         self.latencies: list[float] = []
         self.aggregate_latencies: list[float] = []
@@ -53,6 +58,10 @@ class Collector:
                     if topic == _PROGRESS:
                         self.progress = int(payload)
                         continue
+                    if topic.startswith(b"v1/"):  # the ThingsBoard device API
+                        if topic == THINGSBOARD_TELEMETRY:
+                            self._thingsboard(loads(payload), t)
+                        continue
                     self.received += 1
                     if topic.endswith(b"/agg") or topic.endswith(b"/alert"):
                         doc = loads(payload)
@@ -67,6 +76,12 @@ class Collector:
                         self.latencies.append(t - float(loads(payload)["ts"]))
         except OSError:
             return
+
+    def _thingsboard(self, doc: dict[str, list[dict[str, Any]]], t: float) -> None:
+        for entries in doc.values():
+            self.thingsboard_readings += len(entries)
+            if self.recording and len(self.latencies) < MAX_SAMPLES:
+                self.latencies += [t - float(e["values"]["sent"]) for e in entries]
 
     def reset_latencies(self) -> None:
         self.latencies = []

@@ -31,6 +31,8 @@ from gateway.bench.agents import METRIC, device_name
 from gateway.bench.brokers import Broker, mosquitto_binary
 from gateway.bench.collector import Collector
 from gateway.bench.micro import run_micro
+from gateway.bench.peers import PEERS, PeerUnavailable, make_peer
+from gateway.bench.soak import rss_trend, slope
 from gateway.bench.systems import (
     Agent,
     Ceiling,
@@ -42,6 +44,10 @@ from gateway.bench.systems import (
     wait_for,
 )
 
+SOAK_SAMPLE_S = 1.0
+"""The soak sends a second's worth of readings, then samples RSS."""
+SOAK_BACKLOG_EVERY = 10
+"""... and every 10 samples, how many readings are not stored yet (a count over SQLite)."""
 ANOMALY_EXAMPLE = Path(__file__).resolve().parents[2] / "config" / "examples" / "anomaly.yaml"
 
 
@@ -125,7 +131,9 @@ class Result:
     """Peak RSS of the system under test over the scenario."""
     cpu_pct_at_max: float | None = None
     rss_10k_devices_mb: float | None = None
-    rss_slope_mb_per_min: float | None = None
+    rss_slope_mb_per_hour: float | None = None
+    """Soak: least-squares RSS slope over the second half of the samples."""
+    rss_final_mb: float | None = None
     us_per_reading: float | None = None
     latency_rate: float | None = None
     notes: list[str] = field(default_factory=list)
@@ -151,6 +159,8 @@ class Bench:
         self.collector = Collector("127.0.0.1", self.upstream.port, profile.lateness_s)
         self.seq = 0
         self.results: dict[str, Result] = {}
+        self.unavailable: dict[str, str] = {}
+        """Peers that cannot run here, with the reason (not retried for the next QoS)."""
 
     def close(self) -> None:
         self.collector.close()
@@ -360,6 +370,42 @@ class Bench:
                 publisher.stop()
             self._ratio(result, ceiling)
 
+    def peer(self, peer: str, qos: int, ceiling: str, gateway: str) -> None:
+        """A peer (``--peers``) on the forward job, measured like ``edge-gateway``."""
+        with self._scenario(f"{peer}: forward q{qos}", "peer") as result:
+            try:
+                if peer in self.unavailable:
+                    raise PeerUnavailable(self.unavailable[peer])
+                workdir = self.workdir / f"{peer}-q{qos}"
+                local, upstream = self.local.port, self.upstream.port
+                system = make_peer(peer, workdir, local, upstream, qos, self.collector, self.say)
+            except PeerUnavailable as exc:
+                self.unavailable[peer] = str(exc)
+                result.notes.append(f"skipped: {exc}")
+                self.say(f"    skipped: {exc}")
+                return
+            publisher = Agent("publish", "--port", str(self.local.port), "--qos", str(qos))
+            try:
+                load = Load(publisher)
+                self.ramp(system, load, result)
+                self.latency(system, load, result, self.p.latency_s, aggregates=False)
+                self._latency_below_max(system, load, result)
+                self._finish(system, result)
+            finally:
+                system.stop()
+                publisher.stop()
+            self._ratio(result, ceiling)
+            if peer == "thingsboard":
+                result.notes.append(
+                    "no filter step (its MQTT connector's JSON converter has none); telemetry "
+                    "goes out batched per device every 50 ms (minPackSendDelayMS, its default)"
+                )
+            ours = self.results.get(gateway)
+            if ours and ours.readings_per_s and result.readings_per_s:
+                result.notes.append(
+                    f"{gateway} sustains {ours.readings_per_s / result.readings_per_s:.2f}x this"
+                )
+
     def _latency_below_max(self, system: System, load: Load, result: Result) -> None:
         """When the fixed latency rate is beyond what the system sustains, its latency there
         is a growing backlog; also say what it is at 80% of the sustained rate."""
@@ -444,8 +490,9 @@ class Bench:
             self._ratio(result, ceiling)
 
     def soak(self, name: str, seconds: float, ceiling: str, rate: float | None = None) -> None:
-        """The full pipeline at ``rate`` (default: the latency rate) for ``seconds``: RSS
-        slope in MB/min."""
+        """The full pipeline at ``rate`` (default: the latency rate) from 10,000 devices for
+        ``seconds`` after a warm-up: RSS sampled every second, its slope over the second
+        half in MB/hour, and the final RSS."""
         with self._scenario(name, "soak") as result:
             pipelines = self._full_pipelines(result)
             workdir, config = self._config(name, pipelines, qos_in=0, qos_out=1)
@@ -456,35 +503,60 @@ class Bench:
                 rate = rate or self.p.latency_rate
                 warmup = self.p.window_s + self.p.lateness_s + 2
                 samples: list[tuple[float, float]] = []
+                behind: list[tuple[float, float]] = []  # (seconds, sent but not stored yet)
                 sent = 0
                 cpu0, t0 = cpu_seconds(system.pid), time.monotonic()
                 while (elapsed := time.monotonic() - t0) < seconds + warmup:
-                    n, _ = load.send(rate, int(rate), self.seq)
+                    n, _ = load.send(rate, max(int(rate * SOAK_SAMPLE_S), 1), self.seq)
                     self.seq += n
                     sent += n
                     if elapsed > warmup:
-                        samples.append((elapsed / 60, memory_mb(system.pid)[0]))
+                        samples.append((elapsed - warmup, memory_mb(system.pid)[0]))
+                        if len(samples) % SOAK_BACKLOG_EVERY == 1:
+                            behind.append((elapsed - warmup, sent - system.progress()))
                 result.cpu_pct = round(
                     (cpu_seconds(system.pid) - cpu0) / (time.monotonic() - t0) * 100, 1
                 )
-                _wait_quietly(lambda: system.progress() >= sent, 10)
-                if system.progress() < sent:
-                    result.notes.append(f"only {system.progress()} of {sent} readings stored")
+                _wait_quietly(lambda: system.progress() >= sent, 30)
+                stored = system.progress()
+                if stored < sent:
+                    result.notes.append(f"lost or late: only {stored} of {sent} readings stored")
                 result.readings_per_s = rate
-                slope = _slope(samples)
-                result.notes.append(
-                    f"RSS {samples[0][1]:.1f} -> {samples[-1][1]:.1f} MB over {seconds:.0f}s, "
-                    f"slope {slope:+.3f} MB/min ({self.p.rss_devices} devices, {rate:.0f}/s)"
-                    if samples
-                    else "soak too short to sample"
-                )
-                result.rss_slope_mb_per_min = round(slope, 4)
-                result.steps = [{"minute": round(m, 3), "rss_mb": round(r, 1)} for m, r in samples]
+                trend = rss_trend(samples)
+                if trend is None:
+                    result.notes.append("soak too short to sample")
+                else:
+                    result.rss_slope_mb_per_hour = round(trend.slope_mb_per_hour, 3)
+                    result.rss_final_mb = round(trend.final_mb, 1)
+                    result.notes.append(
+                        f"RSS {trend.first_mb:.1f} -> {trend.half_mb:.1f} (half way) -> "
+                        f"{trend.final_mb:.1f} MB over {seconds:.0f}s after a {warmup:.0f}s "
+                        f"warm-up; second-half slope {trend.slope_mb_per_hour:+.2f} MB/hour "
+                        f"({self.p.rss_devices} devices, {rate:.0f}/s, {sent} readings: "
+                        f"{sent // self.p.rss_devices} per device, so per-device state such as "
+                        "a detector's last-N window may still be filling)"
+                    )
+                result.steps = [{"s": round(t, 1), "rss_mb": round(r, 1)} for t, r in samples]
+                for (_, b), step in zip(behind, result.steps[::SOAK_BACKLOG_EVERY], strict=True):
+                    step["behind"] = int(b)
+                self._soak_backlog(result, behind, rate)
                 self._finish(system, result)
             finally:
                 system.stop()
                 publisher.stop()
             self._ratio(result, ceiling)
+
+    def _soak_backlog(self, result: Result, behind: list[tuple[float, float]], rate: float) -> None:
+        """RSS that grows with a backlog is the gateway falling behind, not a leak: say so."""
+        if len(behind) < 2:
+            return
+        growth = slope(behind[len(behind) // 2 :])
+        if behind[-1][1] > 2 * rate and growth > 0:
+            result.notes.append(
+                f"fell behind: {behind[-1][1]:.0f} readings not yet stored at the end, the "
+                f"backlog growing {growth:.0f}/s; RSS growth includes it (a rate it sustains: "
+                "--soak-rate)"
+            )
 
     def _check_aggregates(self, result: Result, aggregated0: int, stored: int, db: Path) -> None:
         """After a clean stop, every aggregate the gateway stored is upstream or still in the
@@ -597,18 +669,6 @@ class Bench:
             )
 
 
-def _slope(samples: Sequence[tuple[float, float]]) -> float:
-    """Least-squares slope of (x, y) samples; 0 with fewer than two."""
-    if len(samples) < 2:
-        return 0.0
-    n = len(samples)
-    mx = sum(x for x, _ in samples) / n
-    my = sum(y for _, y in samples) / n
-    sxx = sum((x - mx) ** 2 for x, _ in samples)
-    sxy = sum((x - mx) * (y - my) for x, y in samples)
-    return sxy / sxx if sxx else 0.0
-
-
 def _wait_quietly(predicate: Callable[[], bool], timeout: float) -> None:
     with contextlib.suppress(RuntimeError):
         wait_for(predicate, timeout, "")
@@ -652,7 +712,7 @@ def _timed(cfg: Path, recording: Path, workdir: Path) -> tuple[float, float, flo
 def _in_table(note: str) -> bool:
     """Notes worth a place in the table (all of them are in the JSON)."""
     return note.startswith(("skipped", "failed", "lost", "aggregates LOST")) or any(
-        key in note for key in ("80% of sustained", "in no aggregate")
+        key in note for key in ("80% of sustained", "in no aggregate", "x this", "backlog growing")
     )
 
 
@@ -674,8 +734,11 @@ def table(results: Sequence[Result]) -> str:
             micro.append(f"  {r.name.removeprefix('micro: '):44} {cell(r.us_per_reading, '8.3f')}")
             continue
         extra = []
-        if r.rss_slope_mb_per_min is not None:
-            extra.append(f"RSS slope {r.rss_slope_mb_per_min:+.3f} MB/min")
+        if r.rss_slope_mb_per_hour is not None:
+            extra.append(
+                f"RSS slope {r.rss_slope_mb_per_hour:+.2f} MB/hour (2nd half), "
+                f"final {r.rss_final_mb} MB"
+            )
         if r.rss_10k_devices_mb is not None:
             extra.append(f"RSS {r.rss_10k_devices_mb:.0f} MB with many devices")
         if r.cpu_pct_at_max is not None:
@@ -708,6 +771,15 @@ def run(args: argparse.Namespace) -> int:
     if unknown:
         print(f"unknown scenario(s) {sorted(unknown)}; choose from {SCENARIOS}", file=sys.stderr)
         return 2
+    peers = args.peers.split(",") if args.peers else []
+    if set(peers) - set(PEERS):
+        print(
+            f"unknown peer(s) {sorted(set(peers) - set(PEERS))}; choose from {PEERS}",
+            file=sys.stderr,
+        )
+        return 2
+    if peers:
+        only.add("forward")  # compared with edge-gateway's forward, same run
 
     def say(text: str) -> None:
         print(text, file=sys.stderr, flush=True)
@@ -725,6 +797,10 @@ def run(args: argparse.Namespace) -> int:
             if "forward" in only:
                 bench.forward("gateway: forward q0", 0, "ceiling: paho forward q0")
                 bench.forward("gateway: forward q1", 1, "ceiling: paho forward q1")
+            for qos in (0, 1) if "forward" in only else ():
+                for peer in peers:
+                    forward = f"forward q{qos}"
+                    bench.peer(peer, qos, f"ceiling: paho {forward}", f"gateway: {forward}")
             if "full" in only:
                 parse = "ceiling: paho subscribe q0"
                 bench.full("gateway: full, sync normal", "normal", parse, extended=True)
@@ -768,6 +844,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "--only",
         metavar="LIST",
         help=f"comma-separated subset of {','.join(SCENARIOS)} (default: all but soak)",
+    )
+    parser.add_argument(
+        "--peers",
+        metavar="LIST",
+        help=f"also run {','.join(PEERS)} on the forward job (installed on first use into "
+        "~/.cache/edge-gateway-bench; skipped when that is not possible)",
     )
     parser.add_argument(
         "--soak",

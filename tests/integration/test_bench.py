@@ -66,3 +66,25 @@ def test_quick_bench_measures_every_scenario_and_writes_json(tmp_path: Path) -> 
     micro = [r for r in results if r["kind"] == "micro"]
     assert {"Rx step: window 10s", "Rx step: filter"} <= {r["name"][7:] for r in micro}
     assert all(r["us_per_reading"] >= 0 for r in micro)
+
+
+@pytest.mark.integration
+@pytest.mark.timeout(120)
+def test_soak_samples_rss_and_reports_its_slope_and_final_value(tmp_path: Path) -> None:
+    if not Path(MOSQUITTO).exists():
+        pytest.skip("mosquitto is not installed (apt-get install mosquitto)")
+    out = tmp_path / "soak.json"
+    cmd = [sys.executable, "-m", "gateway.cli", "bench", "--quick", "--only", "soak"]
+    cmd += ["--soak", "4", "--soak-rate", "500", "--json", str(out)]
+    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=100, check=False)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert "MB/hour" in proc.stdout
+
+    (soak,) = json.loads(out.read_text())
+    assert soak["name"] == "gateway: soak, full pipeline"
+    assert soak["readings_per_s"] == 500
+    assert len(soak["steps"]) >= 3  # one RSS sample a second
+    assert soak["rss_final_mb"] == soak["steps"][-1]["rss_mb"] > 0
+    assert soak["steps"][0]["behind"] >= 0  # readings not stored yet, every 10 samples
+    assert isinstance(soak["rss_slope_mb_per_hour"], float)
+    assert not any(n.startswith(("failed", "lost")) for n in soak["notes"]), soak["notes"]
