@@ -35,6 +35,8 @@ from gateway.model import Aggregate, Alert, Reading, Record
 from gateway.pipeline.steps import compile_steps
 from gateway.router import Router, Target
 from gateway.sinks.payloads import MessageIds
+from gateway.sources.codecs import _MAX_ID as MAX_ID
+from gateway.sources.codecs import _MS_ABOVE as MS_ABOVE
 from gateway.sources.codecs import JsonFormat, build_decoder
 
 InputFormat = Literal["csv", "jsonl"]
@@ -146,7 +148,33 @@ def read_jsonl(
     ``device`` is used for lines that name none; ``metric`` is not needed (JSON names it).
     """
     decode = build_decoder(JsonFormat())
+    loads, json_error, new = orjson.loads, orjson.JSONDecodeError, tuple.__new__
     for line in stream:
+        # Fast path for the usual line, {"device": str, "metric": str, "value": float,
+        # "ts": float} without seq: what the decoder would make of it, at half the cost.
+        try:
+            obj = loads(line)
+        except json_error:
+            obj = None
+        if type(obj) is dict:
+            dev, met, value, ts = (
+                obj.get("device"),
+                obj.get("metric"),
+                obj.get("value"),
+                obj.get("ts"),
+            )
+            if (
+                type(value) is float
+                and type(ts) is float
+                and ts <= MS_ABOVE
+                and type(dev) is str
+                and 0 < len(dev) <= MAX_ID
+                and type(met) is str
+                and 0 < len(met) <= MAX_ID
+                and obj.get("seq") is None
+            ):
+                yield new(Reading, (source, dev, met, value, ts, None))
+                continue
         if not line.strip():
             continue
         try:
