@@ -405,7 +405,11 @@ def event_window(
                         if start + close_after <= newest or start in clock.flushed:
                             late(item, clock)
                             return
-                        add(clock, start, value)
+                        acc = clock.windows.get(start)  # add(), inlined for the usual case
+                        if acc is None:
+                            acc = clock.windows[start] = Accumulator(keep_samples, spread)
+                            heappush(clock.starts, start)
+                        acc.add(value, rng)
                     else:
                         added = False
                         flushed = clock.flushed
