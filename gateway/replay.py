@@ -21,11 +21,13 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import IO, Literal
+from typing import IO, Annotated, Literal
 
+import msgspec
 import orjson
+from reactivex import Observable, abc
+from reactivex.disposable import Disposable
 from reactivex.scheduler import HistoricalScheduler
-from reactivex.subject import Subject
 
 from gateway.config.model import Config
 from gateway.counters import Counters
@@ -34,6 +36,8 @@ from gateway.model import Aggregate, Alert, Reading, Record
 from gateway.pipeline.steps import compile_steps
 from gateway.router import Router, Target
 from gateway.sinks.payloads import MessageIds
+from gateway.sources.codecs import _MAX_ID as MAX_ID
+from gateway.sources.codecs import _MS_ABOVE as MS_ABOVE
 from gateway.sources.codecs import JsonFormat, build_decoder
 
 InputFormat = Literal["csv", "jsonl"]
@@ -137,6 +141,25 @@ def read_csv(
             yield Reading(source, dev, met, value, ts, seq)
 
 
+Name = Annotated[str, msgspec.Meta(min_length=1, max_length=MAX_ID)]
+
+
+class UsualLine(msgspec.Struct, forbid_unknown_fields=True):
+    """The usual JSON line, ``{"device", "metric", "value", "ts"}`` in epoch seconds, no seq.
+
+    Decoded and checked in C (msgspec: about 0.3 µs against 1.2 µs for ``orjson.loads`` and
+    the general decoder's checks in Python), giving what the general decoder gives for such
+    a line. Any other line (another field, a seq, milliseconds, a bad value) fails here and
+    takes the general decoder.
+    """
+
+    device: Name
+    metric: Name
+    value: float
+    ts: Annotated[float, msgspec.Meta(le=MS_ABOVE)]
+    seq: None = None
+
+
 def read_jsonl(
     stream: IO[bytes], device: str, metric: str | None, source: str, rejects: Rejects
 ) -> Iterator[Reading]:
@@ -145,7 +168,16 @@ def read_jsonl(
     ``device`` is used for lines that name none; ``metric`` is not needed (JSON names it).
     """
     decode = build_decoder(JsonFormat())
+    usual = msgspec.json.Decoder(UsualLine).decode
+    new = tuple.__new__
     for line in stream:
+        try:
+            row = usual(line)
+        except (msgspec.ValidationError, msgspec.DecodeError, UnicodeDecodeError):
+            pass  # not the usual line: the general decoder below says what it is
+        else:
+            yield new(Reading, (source, row.device, row.metric, row.value, row.ts, None))
+            continue
         if not line.strip():
             continue
         try:
@@ -210,6 +242,49 @@ class StdoutOutputs:
     ) -> None:
         self.messages += 1
         self.out.write(b'{"topic":' + orjson.dumps(topic) + b',"payload":' + payload + b"}\n")
+
+
+class ReplayScheduler(HistoricalScheduler):
+    """The virtual clock of a replay; it also tells its time as epoch seconds, cheaply.
+
+    Steps read the time once per reading (``epoch_clock``): a float kept up to date whenever
+    the clock moves costs far less than building a datetime on every read.
+    """
+
+    def __init__(self, initial_clock: datetime) -> None:
+        self._epoch = initial_clock.timestamp()
+        super().__init__(initial_clock)
+
+    @property
+    def _clock(self) -> datetime:
+        return self._datetime
+
+    @_clock.setter
+    def _clock(self, value: datetime) -> None:
+        self._datetime = value
+        self._epoch = value.timestamp()
+
+    def epoch_now(self) -> float:
+        return self._epoch
+
+
+class Feed(Observable[Record]):
+    """The head of a replayed pipeline: readings go straight to its subscribers.
+
+    What a ``Subject`` does per item (a lock, a copy of the observer list, three calls) is
+    about a microsecond; a replay pushes from one thread and never unsubscribes midway.
+    """
+
+    def __init__(self) -> None:
+        self.observers: list[abc.ObserverBase[Record]] = []
+
+        def subscribe(
+            observer: abc.ObserverBase[Record], scheduler: abc.SchedulerBase | None = None
+        ) -> abc.DisposableBase:
+            self.observers.append(observer)
+            return Disposable(lambda: self.observers.remove(observer))
+
+        super().__init__(subscribe)
 
 
 @dataclass
@@ -278,12 +353,12 @@ def replay(
         readings = itertools.chain((first,), readings)
     # the virtual clock starts at the first reading: periodic ticks begin there, not in 1970
     origin = first.ts if first is not None and MIN_TS <= first.ts <= MAX_TS else 0.0
-    scheduler = HistoricalScheduler(datetime.fromtimestamp(origin, UTC))
+    scheduler = ReplayScheduler(datetime.fromtimestamp(origin, UTC))
     counters = Counters()
     outputs = StdoutOutputs(out)
     sinks = {s.id: s for s in config.sinks}
     ids = MessageIds()
-    subjects: list[Subject[Record]] = []
+    feeds: list[Feed] = []
     for p in config.pipelines:
         if source is not None and source not in p.from_:
             continue
@@ -292,10 +367,10 @@ def replay(
             for s in (sinks[name] for name in p.to)
         ]
         router = Router(config.gateway.id, p.id, outputs, targets, ids, p.forward)
-        subject: Subject[Record] = Subject()
-        subject.pipe(compile_steps(p.id, p.steps, scheduler, counters)).subscribe(router)
-        subjects.append(subject)
-    pushes = [s.on_next for s in subjects]
+        feed = Feed()
+        feed.pipe(compile_steps(p.id, p.steps, scheduler, counters)).subscribe(router)
+        feeds.append(feed)
+    pushes = [o.on_next for feed in feeds for o in feed.observers]
     now = origin
     count = 0
     advance = scheduler.advance_to
@@ -313,8 +388,8 @@ def replay(
         count += 1
         if on_progress is not None and count % 4096 == 0:
             on_progress(count)
-    for subject in subjects:
-        subject.on_completed()
+    for observer in [o for feed in feeds for o in feed.observers]:
+        observer.on_completed()
     out.flush()
     seconds = time.perf_counter() - started
     return Summary(count, seconds, rejects, outputs, counters)

@@ -7,12 +7,14 @@ where one tick is one second since the epoch: ``TestScheduler`` time 210 is ``ts
 
 from __future__ import annotations
 
+import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Protocol, runtime_checkable
 
 from reactivex import Observable, abc
 from reactivex.disposable import MultipleAssignmentDisposable
+from reactivex.scheduler.eventloop import AsyncIOScheduler
 
 from gateway.counters import Counters
 from gateway.model import Aggregate, Reading, Record
@@ -39,6 +41,26 @@ class StepContext:
 def epoch_seconds(scheduler: abc.SchedulerBase) -> float:
     """The scheduler's current time as UTC epoch seconds (the ``Reading.ts`` convention)."""
     return scheduler.now.timestamp()
+
+
+@runtime_checkable
+class EpochClock(Protocol):
+    """A scheduler that can tell its time as epoch seconds without building a datetime."""
+
+    def epoch_now(self) -> float: ...
+
+
+def epoch_clock(scheduler: abc.SchedulerBase) -> Callable[[], float]:
+    """A function returning :func:`epoch_seconds` of ``scheduler``, for per-reading use.
+
+    ``scheduler.now`` builds a datetime (about 1.3 µs); on the asyncio scheduler (whose
+    ``now`` is the wall clock) and on a scheduler with ``epoch_now`` the time costs far less.
+    """
+    if isinstance(scheduler, EpochClock):
+        return scheduler.epoch_now
+    if type(scheduler) is AsyncIOScheduler:
+        return time.time
+    return lambda: scheduler.now.timestamp()
 
 
 def every(

@@ -16,7 +16,7 @@ from reactivex import Observable, abc
 from reactivex.disposable import CompositeDisposable
 
 from gateway.model import Reading, Record
-from gateway.pipeline.context import Operator, StepContext, epoch_seconds, every
+from gateway.pipeline.context import Operator, StepContext, epoch_clock, every
 
 Handler = Callable[[Reading], Reading | None]
 """Per-reading logic: the reading to emit, or None to drop it."""
@@ -197,11 +197,11 @@ def throttle(duration: float, ctx: StepContext) -> Operator:
         -a--d--|
     """
     until: dict[tuple[str, str], float] = {}
-    scheduler = ctx.scheduler
+    clock_now = epoch_clock(ctx.scheduler)
 
     def handler(r: Reading) -> Reading | None:
         key = (r.device, r.metric)
-        now = epoch_seconds(scheduler)
+        now = clock_now()
         if now < until.get(key, -1.0):
             return None
         until[key] = now + duration

@@ -17,7 +17,7 @@ from reactivex import Observable, abc
 from reactivex.disposable import CompositeDisposable
 
 from gateway.model import Alert, Reading, Record
-from gateway.pipeline.context import Operator, StepContext, epoch_seconds, every
+from gateway.pipeline.context import Operator, StepContext, epoch_clock, epoch_seconds, every
 
 
 def silence(after: float, severity: str, event_time: bool, ctx: StepContext) -> Operator:
@@ -31,6 +31,7 @@ def silence(after: float, severity: str, event_time: bool, ctx: StepContext) -> 
         --------------------R(a)--C(a)-|   R at ts 3 (a's last 0 + 3), C when a is back
     """
     scheduler = ctx.scheduler
+    clock_now = epoch_clock(scheduler)
     pipeline, step = ctx.pipeline, ctx.step
     period = max(min(after / 4.0, 60.0), 0.05)
 
@@ -84,7 +85,7 @@ def silence(after: float, severity: str, event_time: bool, ctx: StepContext) -> 
                 if type(item) is not Reading:
                     return
                 key = (item.device, item.metric)
-                now = epoch_seconds(scheduler)
+                now = clock_now()
                 ts = item.ts if event_time else now
                 last[key] = item.value
                 previous = last_ts.get(key)

@@ -24,7 +24,7 @@ from reactivex import Observable, abc
 from reactivex.disposable import CompositeDisposable, MultipleAssignmentDisposable
 
 from gateway.model import Aggregate, Message, Reading, Record
-from gateway.pipeline.context import Operator, StepContext, epoch_seconds, every
+from gateway.pipeline.context import Operator, StepContext, epoch_clock, epoch_seconds, every
 
 BASIC_STATS = ("count", "sum", "mean", "min", "max", "first", "last", "stddev")
 PERCENTILE = re.compile(r"^p(100|\d{1,2}(?:\.\d+)?)$")
@@ -270,10 +270,13 @@ def window(
     return operator
 
 
+NOTHING_FLUSHED: frozenset[float] = frozenset()
+
+
 class _KeyClock:
     """Event-time progress of one (device, metric): its watermark and open windows."""
 
-    __slots__ = ("arrival", "flushed", "newest", "starts")
+    __slots__ = ("arrival", "flushed", "newest", "starts", "windows")
 
     def __init__(self) -> None:
         self.newest = -math.inf
@@ -282,7 +285,9 @@ class _KeyClock:
         """Processing time at which ``newest`` was seen."""
         self.starts: list[float] = []
         """Heap of the starts of this key's open windows."""
-        self.flushed: set[float] = set()
+        self.windows: dict[float, Accumulator] = {}
+        """This key's open windows by start."""
+        self.flushed: frozenset[float] = NOTHING_FLUSHED
         """Starts of windows emitted early because the key fell idle (not yet watermarked)."""
 
 
@@ -326,29 +331,29 @@ def event_window(
     tick_period = min(max(slide_s, 1.0), 60.0)
     scheduler, counters, component = ctx.scheduler, ctx.counters, ctx.component
     pipeline, step = ctx.pipeline, ctx.step
+    clock_now = epoch_clock(scheduler)
+    floor, isfinite, heappush = math.floor, math.isfinite, heapq.heappush
 
     def operator(source: Observable[Record]) -> Observable[Record]:
         def subscribe(
             observer: abc.ObserverBase[Record], scheduler_: abc.SchedulerBase | None = None
         ) -> abc.DisposableBase:
-            open_windows: dict[WindowKey, Accumulator] = {}
             clocks: dict[tuple[str, str], _KeyClock] = {}
             rng = random.Random(0)
             emit = observer.on_next
 
-            def add(device: str, metric: str, clock: _KeyClock, start: float, v: float) -> None:
-                key = (device, metric, start)
-                acc = open_windows.get(key)
+            def add(clock: _KeyClock, start: float, value: float) -> None:
+                acc = clock.windows.get(start)
                 if acc is None:
-                    acc = open_windows[key] = Accumulator(keep_samples, spread)
-                    heapq.heappush(clock.starts, start)
-                acc.add(v, rng)
+                    acc = clock.windows[start] = Accumulator(keep_samples, spread)
+                    heappush(clock.starts, start)
+                acc.add(value, rng)
 
             def close(device: str, metric: str, clock: _KeyClock, until: float) -> None:
-                starts = clock.starts
+                starts, windows = clock.starts, clock.windows
                 while starts and starts[0] + close_after <= until:
                     start = heapq.heappop(starts)
-                    acc = open_windows.pop((device, metric, start))
+                    acc = windows.pop(start)
                     try:
                         stats = acc.stats(names)
                     except Exception:  # a window that cannot be summarised is dropped
@@ -381,49 +386,58 @@ def event_window(
                 try:
                     device, metric, ts = item.device, item.metric, item.ts
                     value = float(item.value)
-                    if not math.isfinite(ts):
+                    if not isfinite(ts):
                         counters.inc(component, "error")
                         return
                     clock = clocks.get((device, metric))
                     if clock is None:
                         clock = clocks[(device, metric)] = _KeyClock()
-                    if ts > clock.newest:
-                        clock.newest = ts
-                        clock.arrival = epoch_seconds(scheduler)
-                        if clock.flushed:  # the watermark now covers them
-                            clock.flushed = {s for s in clock.flushed if s + close_after > ts}
                     newest = clock.newest
-                    flushed = clock.flushed
+                    if ts > newest:
+                        clock.newest = newest = ts
+                        clock.arrival = clock_now()
+                        if clock.flushed:  # the watermark now covers them
+                            clock.flushed = frozenset(
+                                s for s in clock.flushed if s + close_after > ts
+                            )
                     if tumbling:
-                        start = math.floor(ts / size) * size
-                        if start + close_after <= newest or start in flushed:
+                        start = floor(ts / size) * size
+                        if start + close_after <= newest or start in clock.flushed:
                             late(item, clock)
                             return
-                        add(device, metric, clock, start, value)
+                        acc = clock.windows.get(start)  # add(), inlined for the usual case
+                        if acc is None:
+                            acc = clock.windows[start] = Accumulator(keep_samples, spread)
+                            heappush(clock.starts, start)
+                        acc.add(value, rng)
                     else:
                         added = False
-                        first = math.floor((ts - size) / slide_s) + 1
-                        for k in range(math.floor(ts / slide_s), first - 1, -1):
+                        flushed = clock.flushed
+                        first = floor((ts - size) / slide_s) + 1
+                        for k in range(floor(ts / slide_s), first - 1, -1):
                             start = k * slide_s
                             if start + close_after > newest and start not in flushed:
-                                add(device, metric, clock, start, value)
+                                add(clock, start, value)
                                 added = True
                         if not added:
                             late(item, clock)
                             return
-                    close(device, metric, clock, newest)
+                    if clock.starts[0] + close_after <= newest:
+                        close(device, metric, clock, newest)
                 except Exception:  # the per-item boundary: count, drop, carry on
                     counters.inc(component, "error")
 
             def on_tick() -> None:
                 now = epoch_seconds(scheduler)
                 for (device, metric), clock in clocks.items():
-                    if not clock.starts:
+                    starts = clock.starts
+                    if not starts:
                         continue
                     until = clock.newest + (now - clock.arrival)
-                    starts = clock.starts
                     if starts[0] + close_after <= until:
-                        clock.flushed.update(s for s in starts if s + close_after <= until)
+                        clock.flushed = clock.flushed.union(
+                            s for s in starts if s + close_after <= until
+                        )
                         close(device, metric, clock, until)
 
             def on_error(error: Exception) -> None:

@@ -407,3 +407,13 @@ def test_ordered_window_quantiles_are_exact_for_both_storages(size: int) -> None
     assert window.quantile(0.5) == pytest.approx(statistics.median(recent))
     assert window.quantile(0.0) == recent[0]
     assert window.quantile(1.0) == recent[-1]
+    assert window.latest(3) == values[-3:]
+    assert window.latest(size) == values[-size:]
+
+
+def test_ordered_window_latest_before_the_ring_is_full() -> None:
+    window = OrderedWindow(10)
+    for v in (1.0, 2.0, 3.0):
+        window.add(v)
+    assert window.latest(2) == [2.0, 3.0]
+    assert window.latest(0) == []

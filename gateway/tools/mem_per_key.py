@@ -1,0 +1,95 @@
+"""Memory of the full pipeline's steps per device+metric, measured with tracemalloc.
+
+The bench's full pipeline (a 10 s tumbling window, and the default detector) is built as the
+replay builds it and fed ``--readings`` readings for each of ``--devices`` devices (one
+metric); the Python memory it then holds, divided by the number of devices, is printed with
+the allocation sites that hold most of it::
+
+    python -m gateway.tools.mem_per_key --devices 10000 --readings 2     # fresh keys
+    python -m gateway.tools.mem_per_key --devices 1000 --readings 700    # windows full
+"""
+
+from __future__ import annotations
+
+import argparse
+import gc
+import io
+import sys
+import tracemalloc
+from collections.abc import Sequence
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from gateway.config.model import Config
+from gateway.counters import Counters
+from gateway.model import Reading
+from gateway.pipeline.steps import compile_steps
+from gateway.replay import Feed, ReplayScheduler, StdoutOutputs
+from gateway.router import Router, Target
+from gateway.sinks.payloads import MessageIds
+
+ANOMALY = Path(__file__).resolve().parents[2] / "config" / "examples" / "anomaly.yaml"
+
+
+def config() -> Config:
+    detector: list[dict[str, Any]] = yaml.safe_load(ANOMALY.read_text())["pipelines"][0]["steps"]
+    window = [{"window": {"size": "10s", "lateness": "2s"}}]
+    return Config.model_validate(
+        {
+            "sources": [{"id": "fleet", "type": "mqtt", "topics": ["b/{device}/{metric}"]}],
+            "pipelines": [
+                {"id": "stats", "from": ["fleet"], "steps": window, "forward": ["aggregates"]},
+                {"id": "detect", "from": ["fleet"], "steps": detector, "forward": ["alerts"]},
+            ],
+            "sinks": [{"id": "up", "type": "mqtt"}],
+        }
+    )
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--devices", type=int, default=10_000)
+    parser.add_argument("--readings", type=int, default=2, help="readings per device")
+    parser.add_argument("--top", type=int, default=8, help="allocation sites shown")
+    args = parser.parse_args(argv)
+    cfg = config()
+    readings = [
+        Reading("fleet", f"dev-{d:05d}", "temp", 20.0 + d % 7 + k * 0.1, 1.7e9 + k + d * 1e-5)
+        for k in range(args.readings)
+        for d in range(args.devices)
+    ]
+    gc.collect()
+    tracemalloc.start()
+    before = tracemalloc.take_snapshot()
+    scheduler = ReplayScheduler(datetime.fromtimestamp(readings[0].ts, UTC))
+    outputs, counters, ids = StdoutOutputs(io.BytesIO()), Counters(), MessageIds()
+    sink = cfg.sinks[0]
+    target = Target(sink.id, sink.topics.reading, sink.topics.aggregate, sink.topics.alert, 1)
+    feeds = []
+    for p in cfg.pipelines:
+        feed = Feed()
+        router = Router(cfg.gateway.id, p.id, outputs, [target], ids, p.forward)
+        feed.pipe(compile_steps(p.id, p.steps, scheduler, counters)).subscribe(router)
+        feeds.append(feed)
+    pushes = [o.on_next for feed in feeds for o in feed.observers]
+    for reading in readings:
+        for push in pushes:
+            push(reading)
+    outputs.out = io.BytesIO()  # what was written is output, not state
+    gc.collect()
+    stats = tracemalloc.take_snapshot().compare_to(before, "lineno")
+    tracemalloc.stop()
+    total = sum(s.size_diff for s in stats)
+    n = args.devices
+    print(f"{n} devices x {args.readings} readings: {total / n:,.0f} bytes per device+metric")
+    for s in stats[: args.top]:
+        frame = s.traceback[0]
+        print(f"  {s.size_diff / n:8,.0f} B  {Path(frame.filename).name}:{frame.lineno}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
