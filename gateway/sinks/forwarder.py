@@ -2,7 +2,17 @@
 
 The SQLite outbox is the source of truth: a row leaves it only after the broker acknowledged
 it with a success reason code, so an outage or a crash loses nothing; resent rows keep their
-message id. Poison messages cannot block it: a row larger than ``max_message_bytes`` (or the
+message id.
+
+Two ways to get rows, same order (priority, then id). Catching up (at start, after any
+failure, behind a backlog) the sink reads the oldest rows from SQLite and waits for their
+deletion. Once a read finds fewer rows than a batch, the sink is caught up and goes live: the
+store hands it the rows of each commit right after the commit, and delivered rows are deleted
+with the store's next commit, so the steady state costs no query and no wait on the writer
+thread. Any failure, a live queue longer than ``LIVE_MAX`` rows, or rows dropped by the outbox
+policy (``Store.outbox_epoch``) sends the sink back to catching up.
+
+Poison messages cannot block it: a row larger than ``max_message_bytes`` (or the
 broker's announced Maximum Packet Size) is dead-lettered unsent, and a row that was refused,
 or was the oldest unconfirmed one when the connection dropped, ``max_attempts`` times is
 dead-lettered too. A row with a failed attempt is retried alone, so the culprit is isolated.
@@ -13,6 +23,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import sqlite3
+from collections import deque
 from collections.abc import Callable, Sequence
 from enum import Enum
 from typing import Protocol
@@ -35,6 +46,9 @@ class Outcome(Enum):
 
 
 log = logging.getLogger("gateway.sinks.forwarder")
+
+LIVE_MAX = 20_000
+"""Rows a live sink may hold in memory before it falls back to reading SQLite."""
 
 
 class Publisher(Protocol):
@@ -88,6 +102,48 @@ class Forwarder:
         if drain_rate is not None:  # about a second per batch, so a new alert waits <= ~1 s
             self._batch = max(1, min(batch, int(drain_rate)))
         self.idle = asyncio.Event()
+        self._live = False
+        self._spilled = False  # the queue overflowed since the last read
+        self._unsettled = False  # rows delivered live may wait for the store's next commit
+        self._epoch = 0
+        self._last_id = 0  # the newest row id read or handed over
+        self._queued = 0
+        self._lanes: tuple[deque[OutboxRow], ...] = (deque(), deque(), deque())  # by priority
+        self._unfeed = store.outbox_feed(sink_id, self._feed)
+
+    def _feed(self, rows: list[OutboxRow]) -> None:
+        """The store's hand-over after a commit: rows newer than what was read are queued.
+
+        Also while catching up: the rows of commits that land while a read is under way are
+        what the sink needs if that read makes it live."""
+        last = self._last_id
+        if rows[-1].id <= last:
+            return
+        lanes = self._lanes
+        for row in rows:
+            if row.id > last:
+                lanes[min(row.priority, 2)].append(row)
+                self._queued += 1
+        self._last_id = rows[-1].id
+        if self._queued > LIVE_MAX:
+            self._catch_up()
+            self._spilled = True
+
+    def _catch_up(self) -> None:
+        """Leave live mode: forget the queued rows, SQLite has them."""
+        self._live = False
+        self._queued = 0
+        for lane in self._lanes:
+            lane.clear()
+
+    def _take_live(self) -> list[OutboxRow]:
+        rows: list[OutboxRow] = []
+        want = self._batch
+        for lane in self._lanes:
+            while lane and len(rows) < want:
+                rows.append(lane.popleft())
+        self._queued -= len(rows)
+        return rows
 
     def _breaker_changed(self, old: BreakerState, new: BreakerState) -> None:
         self._counters.inc(self.sink_id, f"breaker_{new.value}")
@@ -98,12 +154,43 @@ class Forwarder:
         ready = self._store.outbox_signal(self.sink_id)
         while True:
             ready.clear()
-            rows = await self._store.outbox_take(self.sink_id, self._batch)
+            if self._live and self._epoch != self._store.outbox_epoch:
+                self._catch_up()  # the policy dropped rows: the queue may hold some
+            if self._live:
+                rows = self._take_live()
+            else:
+                if self._unsettled:  # rows delivered live are deleted before reading
+                    await self._store.flush()
+                    self._unsettled = False
+                self._catch_up()
+                self._spilled = False
+                self._last_id = 0
+                self._epoch = self._store.outbox_epoch
+                rows = await self._store.outbox_take(self.sink_id, self._batch)
+                if (
+                    len(rows) < self._batch  # nothing older is left: go live
+                    and not self._spilled
+                    and self._epoch == self._store.outbox_epoch
+                ):
+                    self._live = True
+                    taken = max((r.id for r in rows), default=0)
+                    self._drop_queued(taken)
+                    self._last_id = max(self._last_id, taken)
+                else:
+                    self._catch_up()
             if rows:
                 self.idle.clear()
                 return rows
             self.idle.set()
             await ready.wait()
+
+    def _drop_queued(self, upto: int) -> None:
+        """Forget queued rows up to id ``upto``: the read that made us live returned them."""
+        for lane in self._lanes:
+            kept = [r for r in lane if r.id > upto]
+            self._queued -= len(lane) - len(kept)
+            lane.clear()
+            lane.extend(kept)
 
     def _too_large(self, row: OutboxRow) -> bool:
         limit = self._max_bytes
@@ -130,7 +217,11 @@ class Forwarder:
             (r for r, o in zip(rows, outcomes, strict=True) if o is Outcome.UNCONFIRMED), None
         )
         if acked:
-            await self._store.outbox_ack(acked)
+            if self._live:
+                self._store.outbox_settled(acked)  # deleted with the next commit
+                self._unsettled = True
+            else:
+                await self._store.outbox_ack(acked)
             self._counters.inc(self.sink_id, "acked", len(acked))
         if refused:
             self._counters.inc(self.sink_id, "refused", len(refused))
@@ -162,11 +253,16 @@ class Forwarder:
         while True:
             rows = await self._next_batch()
             if not self.breaker.allow():
+                self._catch_up()  # the rows taken are read again from SQLite
                 await asyncio.sleep(max(self.breaker.retry_in(), 0.05))
                 continue
             started = asyncio.get_running_loop().time()
             try:
-                await self._deliver(rows)
+                try:
+                    await self._deliver(rows)
+                except BaseException:
+                    self._catch_up()  # what was not delivered is read again from SQLite
+                    raise
             except sqlite3.Error as exc:  # e.g. disk full while deleting acked rows: resend later
                 self._counters.inc(self.sink_id, "store_errors")
                 delay = self._backoff.next_delay()
@@ -205,6 +301,7 @@ class Forwarder:
                 self.idle.clear()
                 self._store.outbox_signal(self.sink_id).set()
                 await self.idle.wait()
+                await self._store.flush()  # rows delivered live leave with a commit
                 if await self._store.outbox_depth(self.sink_id) == 0:
                     return
 
@@ -215,4 +312,5 @@ class Forwarder:
         return True
 
     async def close(self) -> None:
+        self._unfeed()
         await self._publisher.close()

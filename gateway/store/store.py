@@ -87,8 +87,8 @@ _INSERT_DEAD_LETTER = (
     "INSERT INTO dead_letters (source, ts, reason, detail, raw) VALUES (?, ?, ?, ?, ?)"
 )
 _INSERT_OUTBOX = (
-    "INSERT INTO outbox (sink, msg_id, topic, payload, qos, created, priority)"
-    " VALUES (?, ?, ?, ?, ?, ?, ?)"
+    "INSERT INTO outbox (id, sink, msg_id, topic, payload, qos, created, priority)"
+    " VALUES (?, ?, ?, ?, ?, ?, ?, ?)"
 )
 PRIORITY_ALERT, PRIORITY_AGGREGATE, PRIORITY_READING = 0, 1, 2
 """Outbox priorities: a sink sends the lowest first; overflow drops the highest first."""
@@ -123,6 +123,11 @@ class OutboxRow:
     payload: bytes
     qos: int
     attempts: int
+    priority: int = PRIORITY_AGGREGATE
+
+
+OutboxFeed = Callable[[list[OutboxRow]], None]
+"""Told the rows each commit added for one sink, in id order."""
 
 
 @dataclass(slots=True)
@@ -135,6 +140,8 @@ class _Batch:
     alerts: list[Alert] = field(default_factory=list)
     dead_letters: list[DeadLetterRow] = field(default_factory=list)
     outbox: list[OutboxInsert] = field(default_factory=list)
+    settled: list[int] = field(default_factory=list)
+    """Outbox rows delivered: deleted in this transaction (not counted in ``size``)."""
 
     @property
     def size(self) -> int:
@@ -157,6 +164,8 @@ class _Written:
     rejected: int
     outbox_sinks: frozenset[str]
     outbox_dropped: int = 0
+    outbox_rows: dict[str, list[OutboxRow]] = field(default_factory=dict)
+    """The rows added, per sink, in id order."""
 
 
 def _aggregate_row(a: Aggregate) -> tuple[Any, ...]:
@@ -218,6 +227,7 @@ class Store:
         self._alerts: list[Alert] = []
         self._dead_letters: list[DeadLetterRow] = []
         self._outbox: list[OutboxInsert] = []
+        self._settled: list[int] = []
         self._n_pending = 0
         self._added = 0  # sequence number of the last add
         self._committed_upto = 0  # every add up to this sequence number is committed
@@ -232,6 +242,11 @@ class Store:
         self._ob_rows = 0  # outbox totals, writer thread only
         self._taken: dict[str, frozenset[int]] = {}  # per sink, the rows in flight (writer thread)
         self._ob_bytes = 0
+        self._ob_next_id = 1  # writer thread only: outbox ids are assigned here, in order
+        self._feeds: dict[str, OutboxFeed] = {}
+        self.outbox_epoch = 0
+        """Bumped whenever rows leave the outbox by policy (overflow, expiry), so a sink that
+        holds rows handed to it knows its copy may be stale."""
         self._wake = asyncio.Event()
 
     # ------------------------------------------------------------------ lifecycle
@@ -322,6 +337,26 @@ class Store:
         self._dead_letters.append((source, ts, reason, detail, raw[:DEAD_LETTER_RAW_MAX]))
         self._queued(1)
 
+    def outbox_settled(self, ids: Sequence[int]) -> None:
+        """Delete delivered rows with the next commit, without waiting for it: a crash before
+        that commit sends them again (at least once, under the same message id)."""
+        if ids:
+            self._settled.extend(ids)
+            self._added += 1
+            if not self._wake.is_set() and len(self._settled) >= self.config.batch_max:
+                self._wake.set()
+
+    def outbox_feed(self, sink: str, feed: OutboxFeed) -> Callable[[], None]:
+        """After each commit, hand ``feed`` the rows it added for ``sink`` (replacing any
+        earlier feed of that sink); returns what stops it."""
+        self._feeds[sink] = feed
+
+        def stop() -> None:
+            if self._feeds.get(sink) == feed:
+                del self._feeds[sink]
+
+        return stop
+
     def _queued(self, n: int) -> None:
         if n <= 0:
             return
@@ -372,6 +407,8 @@ class Store:
 
     def _dropped(self, counter: str, n: int) -> None:
         """Count a drop; the first one of each kind in this process raises an alert."""
+        if counter.startswith("outbox_"):
+            self.outbox_epoch += 1
         first = self._counters.get(COMPONENT, counter) == 0
         self._counters.inc(COMPONENT, counter, n)
         if first:
@@ -429,7 +466,7 @@ class Store:
             await asyncio.wait((self._inflight,))
         if self._executor is None:
             raise RuntimeError("store is not open")
-        if self._n_pending == 0:
+        if self._n_pending == 0 and not self._settled:
             self._committed_upto = self._added
             self._release_waiters()
             return
@@ -440,9 +477,10 @@ class Store:
             self._alerts,
             self._dead_letters,
             self._outbox,
+            self._settled,
         )
         self._readings, self._aggregates, self._alerts = [], [], []
-        self._dead_letters, self._outbox = [], []
+        self._dead_letters, self._outbox, self._settled = [], [], []
         self._n_pending = 0
         fut = self._submit(self._write_batch, batch)
         self._inflight = fut
@@ -462,6 +500,7 @@ class Store:
             self._alerts[:0] = batch.alerts
             self._dead_letters[:0] = batch.dead_letters
             self._outbox[:0] = batch.outbox
+            self._settled[:0] = batch.settled
             self._n_pending += batch.size
             self._counters.inc(COMPONENT, "write_errors")
             log.error("store: committing %d items failed: %r", batch.size, exc)
@@ -490,6 +529,9 @@ class Store:
         if written.outbox_sinks:
             self.outbox_ready.set()
             for sink in written.outbox_sinks:
+                rows = written.outbox_rows.get(sink)
+                if rows and (feed := self._feeds.get(sink)) is not None:
+                    feed(rows)
                 if (event := self._sink_events.get(sink)) is not None:
                     event.set()
 
@@ -623,20 +665,21 @@ class Store:
 
     def _write_batch(self, batch: _Batch) -> _Written:
         db = self._database()
-        totals = self._ob_rows, self._ob_bytes  # restored when the transaction rolls back
+        # restored when the transaction rolls back
+        totals = self._ob_rows, self._ob_bytes, self._ob_next_id
         try:
             with db.atomic():
                 return self._insert(db.conn, batch, isolate=False)
         except sqlite3.OperationalError:
-            self._ob_rows, self._ob_bytes = totals
+            self._ob_rows, self._ob_bytes, self._ob_next_id = totals
             raise
         except _ITEM_ERRORS:
-            self._ob_rows, self._ob_bytes = totals
+            self._ob_rows, self._ob_bytes, self._ob_next_id = totals
             try:
                 with db.atomic():
                     return self._insert(db.conn, batch, isolate=True)
             except BaseException:
-                self._ob_rows, self._ob_bytes = totals
+                self._ob_rows, self._ob_bytes, self._ob_next_id = totals
                 raise
 
     def _insert(self, conn: sqlite3.Connection, batch: _Batch, *, isolate: bool) -> _Written:
@@ -650,19 +693,37 @@ class Store:
         rejected += bad
         dead_letters, bad = run(conn, _INSERT_DEAD_LETTER, _same_row, batch.dead_letters)
         rejected += bad
-        outbox, bad = run(conn, _INSERT_OUTBOX, _same_row, batch.outbox)
-        rejected += bad
-        if outbox:
-            self._ob_rows += outbox
-            self._ob_bytes += sum(len(row[3]) for row in batch.outbox)
+        first_id = self._ob_next_id
+        numbered = [(first_id + i, *row) for i, row in enumerate(batch.outbox)]
+        self._ob_next_id += len(numbered)
+        if isolate:
+            numbered = [
+                row for row in numbered if _insert_each(conn, _INSERT_OUTBOX, _same_row, [row])[0]
+            ]
+            rejected += len(batch.outbox) - len(numbered)
+        elif numbered:
+            conn.executemany(_INSERT_OUTBOX, numbered)
+        if numbered:
+            self._ob_rows += len(numbered)
+            self._ob_bytes += sum(len(row[4]) for row in numbered)
+        if batch.settled:
+            self._outbox_delete(batch.settled)
         outbox_dropped = self._enforce_outbox(conn)
         duplicates = len(batch.readings) - readings - bad_readings
-        sinks = frozenset(row[0] for row in batch.outbox) if outbox else frozenset()
-        return _Written(readings, duplicates, dead_letters, rejected, sinks, outbox_dropped)
+        by_sink: dict[str, list[OutboxRow]] = {}
+        if not outbox_dropped:  # rows dropped at once are not handed over (epoch bumps)
+            for row_id, sink, msg_id, topic, payload, qos, _, priority in numbered:
+                by_sink.setdefault(sink, []).append(
+                    OutboxRow(row_id, msg_id, topic, payload, qos, 0, priority)
+                )
+        sinks = frozenset(row[1] for row in numbered)
+        return _Written(
+            readings, duplicates, dead_letters, rejected, sinks, outbox_dropped, by_sink
+        )
 
     def _outbox_take(self, sink: str, limit: int) -> list[OutboxRow]:
         cursor = self._database().execute(
-            "SELECT id, msg_id, topic, payload, qos, attempts FROM outbox"
+            "SELECT id, msg_id, topic, payload, qos, attempts, priority FROM outbox"
             " WHERE sink = ? ORDER BY priority, id LIMIT ?",
             (sink, limit),
         )
@@ -718,12 +779,14 @@ class Store:
             return self._outbox_delete(ids)
 
     def _outbox_totals(self) -> None:
-        n, size = (
-            self._database()
-            .execute("SELECT count(*), coalesce(sum(length(payload)), 0) FROM outbox")
-            .fetchone()
-        )
+        db = self._database()
+        n, size, last = db.execute(
+            "SELECT count(*), coalesce(sum(length(payload)), 0), coalesce(max(id), 0) FROM outbox"
+        ).fetchone()
         self._ob_rows, self._ob_bytes = int(n), int(size)
+        # AUTOINCREMENT's high-water mark: an id is never reused, even after its row left
+        seq = db.execute("SELECT seq FROM sqlite_sequence WHERE name = 'outbox'").fetchone()
+        self._ob_next_id = max(int(last), int(seq[0]) if seq else 0) + 1
 
     def _enforce_outbox(self, conn: sqlite3.Connection) -> int:
         """Apply the overflow policy inside the batch's transaction; rows dropped."""
