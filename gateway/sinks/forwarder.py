@@ -181,6 +181,10 @@ class Forwarder:
             if rows:
                 self.idle.clear()
                 return rows
+            if self._unsettled:  # idle means delivered rows are gone from the outbox too
+                self._unsettled = False
+                await self._store.flush()
+                continue
             self.idle.set()
             await ready.wait()
 
@@ -209,6 +213,8 @@ class Forwarder:
         if not rows:
             return
         if rows[0].attempts:
+            if len(rows) > 1:
+                self._catch_up()  # the rows left out are read again
             rows = rows[:1]  # a suspect goes alone, so its outcome is its own
         outcomes = await self._publisher.publish(rows)
         acked = [r.id for r, o in zip(rows, outcomes, strict=True) if o is Outcome.ACKED]
@@ -301,7 +307,6 @@ class Forwarder:
                 self.idle.clear()
                 self._store.outbox_signal(self.sink_id).set()
                 await self.idle.wait()
-                await self._store.flush()  # rows delivered live leave with a commit
                 if await self._store.outbox_depth(self.sink_id) == 0:
                     return
 

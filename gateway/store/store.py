@@ -331,6 +331,8 @@ class Store:
         """Queue one message for ``sink``; it commits with whatever was queued before it."""
         self._outbox.append((sink, msg_id, topic, payload, qos, self._clock(), priority))
         self._queued(1)
+        if self.config.eager_commit and not self._wake.is_set():
+            self._wake.set()
 
     def add_dead_letter(self, source: str, reason: str, detail: str, raw: bytes, ts: float) -> None:
         """Queue rejected input; ``raw`` is cut to ``DEAD_LETTER_RAW_MAX`` bytes."""
@@ -374,6 +376,8 @@ class Store:
             callback()
         else:
             self._waiters.append((self._added, callback))
+            if self.config.eager_commit and not self._wake.is_set():
+                self._wake.set()
 
     def _release_waiters(self) -> None:
         waiters, upto = self._waiters, self._committed_upto
