@@ -105,6 +105,7 @@ class Forwarder:
         self._live = False
         self._spilled = False  # the queue overflowed since the last read
         self._unsettled = False  # rows delivered live may wait for the store's next commit
+        self._acked: list[int] = []  # rows delivered while catching up: deleted by the next read
         self._epoch = 0
         self._last_id = 0  # the newest row id read or handed over
         self._queued = 0
@@ -166,7 +167,12 @@ class Forwarder:
                 self._spilled = False
                 self._last_id = 0
                 self._epoch = self._store.outbox_epoch
-                rows = await self._store.outbox_take(self.sink_id, self._batch)
+                acked, self._acked = self._acked, []
+                try:
+                    rows = await self._store.outbox_take(self.sink_id, self._batch, acked)
+                except BaseException:
+                    self._acked[:0] = acked
+                    raise
                 if (
                     len(rows) < self._batch  # nothing older is left: go live
                     and not self._spilled
@@ -227,7 +233,7 @@ class Forwarder:
                 self._store.outbox_settled(acked)  # deleted with the next commit
                 self._unsettled = True
             else:
-                await self._store.outbox_ack(acked)
+                self._acked += acked  # deleted by the next read, on the same trip
             self._counters.inc(self.sink_id, "acked", len(acked))
         if refused:
             self._counters.inc(self.sink_id, "refused", len(refused))

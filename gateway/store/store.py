@@ -546,9 +546,12 @@ class Store:
 
     # ------------------------------------------------------------------ loop side: outbox, reads
 
-    async def outbox_take(self, sink: str, limit: int) -> list[OutboxRow]:
-        """The oldest ``limit`` committed rows of ``sink``; they stay until acked."""
-        return await self._call(self._outbox_take, sink, limit)
+    async def outbox_take(
+        self, sink: str, limit: int, acked: Sequence[int] = ()
+    ) -> list[OutboxRow]:
+        """The oldest ``limit`` committed rows of ``sink``; they stay until acked. Rows in
+        ``acked`` (delivered) are deleted first, in the same trip to the writer thread."""
+        return await self._call(self._outbox_take, sink, limit, acked)
 
     async def outbox_ack(self, ids: Sequence[int]) -> None:
         """Delete delivered rows."""
@@ -725,7 +728,9 @@ class Store:
             readings, duplicates, dead_letters, rejected, sinks, outbox_dropped, by_sink
         )
 
-    def _outbox_take(self, sink: str, limit: int) -> list[OutboxRow]:
+    def _outbox_take(self, sink: str, limit: int, acked: Sequence[int] = ()) -> list[OutboxRow]:
+        if acked:
+            self._outbox_ack(acked)
         cursor = self._database().execute(
             "SELECT id, msg_id, topic, payload, qos, attempts, priority FROM outbox"
             " WHERE sink = ? ORDER BY priority, id LIMIT ?",
