@@ -7,18 +7,23 @@ where one tick is one second since the epoch: ``TestScheduler`` time 210 is ``ts
 
 from __future__ import annotations
 
+import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
 from reactivex import Observable, abc
 from reactivex.disposable import MultipleAssignmentDisposable
+from reactivex.scheduler.scheduler import Scheduler
 
 from gateway.counters import Counters
 from gateway.model import Aggregate, Reading, Record
 
 Operator = Callable[[Observable[Record]], Observable[Record]]
 """A built step: an Rx operator from records to records."""
+
+_WALL_CLOCK = Scheduler.now
+"""reactivex's own ``now`` (wall clock, UTC); virtual-time schedulers override it."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -37,7 +42,13 @@ class StepContext:
 
 
 def epoch_seconds(scheduler: abc.SchedulerBase) -> float:
-    """The scheduler's current time as UTC epoch seconds (the ``Reading.ts`` convention)."""
+    """The scheduler's current time as UTC epoch seconds (the ``Reading.ts`` convention).
+
+    A scheduler that keeps reactivex's wall clock (the live ``AsyncIOScheduler``) is read
+    with ``time.time()``: a tenth of the cost of building a ``datetime`` per reading.
+    """
+    if type(scheduler).now is _WALL_CLOCK:
+        return time.time()
     return scheduler.now.timestamp()
 
 
