@@ -69,6 +69,24 @@ class MqttSinkConfig(StrictModel):
     )
 
 
+class _Round:
+    """The outcomes of one published batch; ``done`` resolves when none is left open."""
+
+    __slots__ = ("done", "left", "outcomes")
+
+    def __init__(self, n: int, done: asyncio.Future[None]) -> None:
+        self.outcomes: list[Outcome | None] = [None] * n
+        self.left = n
+        self.done = done
+
+    def settle(self, index: int, outcome: Outcome) -> None:
+        if self.outcomes[index] is None:
+            self.outcomes[index] = outcome
+            self.left -= 1
+            if not self.left and not self.done.done():
+                self.done.set_result(None)
+
+
 class MqttPublisher:
     """One MQTT v5 connection to the upstream broker; publishes a batch, reports outcomes."""
 
@@ -76,7 +94,7 @@ class MqttPublisher:
         self._config = config
         self._client_id = client_id
         self._driver: PahoDriver | None = None
-        self._pending: dict[int, asyncio.Future[Outcome]] = {}
+        self._pending: dict[int, tuple[_Round, int]] = {}  # mid -> its round and place
         self.broker_max_packet: int | None = None
         """The broker's Maximum Packet Size from CONNACK, if it sent one."""
 
@@ -118,18 +136,17 @@ class MqttPublisher:
     def _on_publish(
         self, _c: mqtt.Client, _u: Any, mid: int, rc: ReasonCode, _p: Any = None
     ) -> None:
-        fut = self._pending.pop(mid, None)
-        if fut is not None and not fut.done():
-            fut.set_result(Outcome.REFUSED if rc.is_failure else Outcome.ACKED)
+        entry = self._pending.pop(mid, None)
+        if entry is not None:
+            entry[0].settle(entry[1], Outcome.REFUSED if rc.is_failure else Outcome.ACKED)
 
     def _on_disconnect(self, *_: Any) -> None:
         self._fail_pending()
 
     def _fail_pending(self) -> None:
         pending, self._pending = self._pending, {}
-        for fut in pending.values():
-            if not fut.done():
-                fut.set_result(Outcome.UNCONFIRMED)
+        for round_, index in pending.values():
+            round_.settle(index, Outcome.UNCONFIRMED)
 
     async def close(self) -> None:
         driver, self._driver = self._driver, None
@@ -147,23 +164,21 @@ class MqttPublisher:
         if driver is None or driver.lost.done():
             raise SinkError("not connected")
         client, retain = driver.client, self._config.retain
-        loop = asyncio.get_running_loop()
-        futures: list[asyncio.Future[Outcome]] = []
-        for r in rows:
-            fut: asyncio.Future[Outcome] = loop.create_future()
-            info = client.publish(r.topic, r.payload, qos=r.qos, retain=retain)
-            if (
-                info.rc == MQTTErrorCode.MQTT_ERR_SUCCESS
-                or info.rc == MQTTErrorCode.MQTT_ERR_NO_CONN
-            ):
-                self._pending[info.mid] = fut
+        round_ = _Round(len(rows), asyncio.get_running_loop().create_future())
+        publish, pending = client.publish, self._pending
+        queued = (MQTTErrorCode.MQTT_ERR_SUCCESS, MQTTErrorCode.MQTT_ERR_NO_CONN)
+        for index, r in enumerate(rows):
+            info = publish(r.topic, r.payload, qos=r.qos, retain=retain)
+            if info.rc in queued:
+                pending[info.mid] = (round_, index)
             else:
-                fut.set_result(Outcome.UNCONFIRMED)
-            futures.append(fut)
+                round_.settle(index, Outcome.UNCONFIRMED)
             if driver.lost.done():
                 self._fail_pending()
-        await asyncio.wait(futures, timeout=self._config.ack_timeout)
-        outcomes = [f.result() if f.done() else Outcome.UNCONFIRMED for f in futures]
-        for f in futures:
-            f.cancel()
-        return outcomes
+        if round_.left:
+            await asyncio.wait((round_.done,), timeout=self._config.ack_timeout)
+            if round_.left:  # no PUBACK in time: those stay unconfirmed
+                for mid in [m for m, (r, _) in pending.items() if r is round_]:
+                    del pending[mid]
+        round_.done.cancel()
+        return [o or Outcome.UNCONFIRMED for o in round_.outcomes]
