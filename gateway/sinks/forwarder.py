@@ -106,6 +106,7 @@ class Forwarder:
         self._spilled = False  # the queue overflowed since the last read
         self._unsettled = False  # rows delivered live may wait for the store's next commit
         self._acked: list[int] = []  # rows delivered while catching up: deleted by the next read
+        self._waiting = False  # for rows, with nothing queued
         self._epoch = 0
         self._last_id = 0  # the newest row id read or handed over
         self._queued = 0
@@ -189,10 +190,19 @@ class Forwarder:
                 return rows
             if self._unsettled:  # idle means delivered rows are gone from the outbox too
                 self._unsettled = False
-                await self._store.flush()
-                continue
+                self._store.when_committed(self._settled)  # the store commits soon
+            else:
+                self.idle.set()
+            self._waiting = True
+            try:
+                await ready.wait()
+            finally:
+                self._waiting = False
+
+    def _settled(self) -> None:
+        """The rows delivered live are deleted: idle, unless new rows came meanwhile."""
+        if self._waiting and not self._unsettled:
             self.idle.set()
-            await ready.wait()
 
     def _drop_queued(self, upto: int) -> None:
         """Forget queued rows up to id ``upto``: the read that made us live returned them."""

@@ -248,6 +248,8 @@ class Store:
         """Bumped whenever rows leave the outbox by policy (overflow, expiry), so a sink that
         holds rows handed to it knows its copy may be stale."""
         self._wake = asyncio.Event()
+        self._urgent = False  # a commit is awaited: eager_interval applies
+        self._last_commit = 0.0  # loop time the last commit started
 
     # ------------------------------------------------------------------ lifecycle
 
@@ -331,8 +333,7 @@ class Store:
         """Queue one message for ``sink``; it commits with whatever was queued before it."""
         self._outbox.append((sink, msg_id, topic, payload, qos, self._clock(), priority))
         self._queued(1)
-        if self.config.eager_commit and not self._wake.is_set():
-            self._wake.set()
+        self._hurry()
 
     def add_dead_letter(self, source: str, reason: str, detail: str, raw: bytes, ts: float) -> None:
         """Queue rejected input; ``raw`` is cut to ``DEAD_LETTER_RAW_MAX`` bytes."""
@@ -376,8 +377,13 @@ class Store:
             callback()
         else:
             self._waiters.append((self._added, callback))
-            if self.config.eager_commit and not self._wake.is_set():
-                self._wake.set()
+            self._hurry()
+
+    def _hurry(self) -> None:
+        """Something waits for the next commit: make it come within ``eager_interval``."""
+        if not self._urgent and self.config.eager_interval is not None:
+            self._urgent = True
+            self._wake.set()
 
     def _release_waiters(self) -> None:
         waiters, upto = self._waiters, self._committed_upto
@@ -448,12 +454,18 @@ class Store:
 
     async def _flusher(self) -> None:
         attempt = 0
+        loop = asyncio.get_running_loop()
         while True:
             if self._n_pending < self.config.batch_max:
                 with contextlib.suppress(TimeoutError):
                     async with asyncio.timeout(self.config.batch_interval):
                         await self._wake.wait()
+                eager = self.config.eager_interval
+                if self._urgent and eager is not None and self._n_pending < self.config.batch_max:
+                    await asyncio.sleep(self._last_commit + eager - loop.time())
             self._wake.clear()
+            self._urgent = False
+            self._last_commit = loop.time()
             try:
                 await self._commit_once()
             except sqlite3.Error:
