@@ -21,6 +21,7 @@ dead-lettered too. A row with a failed attempt is retried alone, so the culprit 
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
 import sqlite3
 from collections import deque
@@ -104,7 +105,8 @@ class Forwarder:
         self.idle = asyncio.Event()
         self._live = False
         self._spilled = False  # the queue overflowed since the last read
-        self._unsettled = False  # rows delivered live may wait for the store's next commit
+        self._settles = 0  # rounds delivered live, their rows deleted by a later commit
+        self._settled_upto = 0  # rounds whose deletion is known committed
         self._acked: list[int] = []  # rows delivered while catching up: deleted by the next read
         self._waiting = False  # for rows, with nothing queued
         self._epoch = 0
@@ -161,9 +163,10 @@ class Forwarder:
             if self._live:
                 rows = self._take_live()
             else:
-                if self._unsettled:  # rows delivered live are deleted before reading
+                if self._settled_upto != self._settles:  # delivered rows go before reading
+                    settles = self._settles
                     await self._store.flush()
-                    self._unsettled = False
+                    self._settled_upto = max(self._settled_upto, settles)
                 self._catch_up()
                 self._spilled = False
                 self._last_id = 0
@@ -188,20 +191,20 @@ class Forwarder:
             if rows:
                 self.idle.clear()
                 return rows
-            if self._unsettled:  # idle means delivered rows are gone from the outbox too
-                self._unsettled = False
-                self._store.when_committed(self._settled)  # the store commits soon
-            else:
+            if self._settled_upto == self._settles:
                 self.idle.set()
+            else:  # idle once delivered rows are gone from the outbox too (soon committed)
+                self._store.when_committed(functools.partial(self._settled, self._settles))
             self._waiting = True
             try:
                 await ready.wait()
             finally:
                 self._waiting = False
 
-    def _settled(self) -> None:
-        """The rows delivered live are deleted: idle, unless new rows came meanwhile."""
-        if self._waiting and not self._unsettled:
+    def _settled(self, settles: int) -> None:
+        """The rows of the first ``settles`` live rounds are deleted."""
+        self._settled_upto = max(self._settled_upto, settles)
+        if self._waiting and self._settled_upto == self._settles:
             self.idle.set()
 
     def _drop_queued(self, upto: int) -> None:
@@ -241,7 +244,7 @@ class Forwarder:
         if acked:
             if self._live:
                 self._store.outbox_settled(acked)  # deleted with the next commit
-                self._unsettled = True
+                self._settles += 1
             else:
                 self._acked += acked  # deleted by the next read, on the same trip
             self._counters.inc(self.sink_id, "acked", len(acked))
