@@ -52,11 +52,13 @@ class PahoDriver:
         client: mqtt.Client,
         after_read: Callable[[], None] | None = None,
         on_publish: PublishHandler | None = None,
+        after_write: Callable[[], None] | None = None,
     ) -> None:
         self.client = client
         self._loop = asyncio.get_running_loop()
         self._loop_thread = threading.get_ident()
         self._after_read = after_read
+        self._after_write = after_write
         self._on_publish = on_publish
         self._v5 = client.protocol == mqtt.MQTTv5
         self._sock: Any = None
@@ -219,7 +221,25 @@ class PahoDriver:
     # ------------------------------------------------------------------ writing, keepalive
 
     def _write(self) -> None:
-        self.client.loop_write()
+        self.write()
+
+    def write(self) -> None:
+        """Write what paho has queued, as far as the socket takes it, then ``after_write``.
+
+        paho's ``on_publish`` is unset meanwhile: for a QoS 0 message it would build a
+        ``ReasonCode`` and a ``Properties`` per message just to say "written"; callers read
+        ``MQTTMessageInfo.is_published()`` instead. (QoS 1 PUBACKs arrive on the read side,
+        where ``on_publish`` is in place.)
+        """
+        client = self.client
+        callback = client.on_publish
+        client.on_publish = None
+        try:
+            client.loop_write()
+        finally:
+            client.on_publish = callback
+        if self._after_write is not None:
+            self._after_write()
 
     def _tick(self) -> None:
         self._misc = None

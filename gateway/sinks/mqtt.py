@@ -95,6 +95,7 @@ class MqttPublisher:
         self._client_id = client_id
         self._driver: PahoDriver | None = None
         self._pending: dict[int, tuple[_Round, int]] = {}  # mid -> its round and place
+        self._unwritten: list[tuple[_Round, int, mqtt.MQTTMessageInfo]] = []  # QoS 0
         self.broker_max_packet: int | None = None
         """The broker's Maximum Packet Size from CONNACK, if it sent one."""
 
@@ -118,7 +119,7 @@ class MqttPublisher:
         client.on_connect = on_connect
         client.on_publish = self._on_publish
         client.on_disconnect = self._on_disconnect
-        driver = PahoDriver(client)
+        driver = PahoDriver(client, after_write=self._written)
         self._driver = driver
         try:
             await driver.connect(b.host, b.port, b.keepalive, clean_start=True)
@@ -140,12 +141,26 @@ class MqttPublisher:
         if entry is not None:
             entry[0].settle(entry[1], Outcome.REFUSED if rc.is_failure else Outcome.ACKED)
 
+    def _written(self) -> None:
+        """QoS 0 messages are acknowledged once written to the socket."""
+        if self._unwritten:
+            left = []
+            for round_, index, info in self._unwritten:
+                if info.is_published():
+                    round_.settle(index, Outcome.ACKED)
+                else:
+                    left.append((round_, index, info))
+            self._unwritten = left
+
     def _on_disconnect(self, *_: Any) -> None:
         self._fail_pending()
 
     def _fail_pending(self) -> None:
         pending, self._pending = self._pending, {}
+        unwritten, self._unwritten = self._unwritten, []
         for round_, index in pending.values():
+            round_.settle(index, Outcome.UNCONFIRMED)
+        for round_, index, _ in unwritten:
             round_.settle(index, Outcome.UNCONFIRMED)
 
     async def close(self) -> None:
@@ -165,20 +180,27 @@ class MqttPublisher:
             raise SinkError("not connected")
         client, retain = driver.client, self._config.retain
         round_ = _Round(len(rows), asyncio.get_running_loop().create_future())
-        publish, pending = client.publish, self._pending
+        publish = client.publish
         queued = (MQTTErrorCode.MQTT_ERR_SUCCESS, MQTTErrorCode.MQTT_ERR_NO_CONN)
         for index, r in enumerate(rows):
             info = publish(r.topic, r.payload, qos=r.qos, retain=retain)
-            if info.rc in queued:
-                pending[info.mid] = (round_, index)
-            else:
+            if info.rc not in queued:
                 round_.settle(index, Outcome.UNCONFIRMED)
+            elif r.qos:
+                self._pending[info.mid] = (round_, index)
+            else:
+                self._unwritten.append((round_, index, info))
             if driver.lost.done():
                 self._fail_pending()
+        if not driver.lost.done():
+            # Write now rather than on the next writable event: QoS 0 messages are done once
+            # written, so a round of them completes without waiting for the loop to come back.
+            driver.write()
         if round_.left:
             await asyncio.wait((round_.done,), timeout=self._config.ack_timeout)
-            if round_.left:  # no PUBACK in time: those stay unconfirmed
-                for mid in [m for m, (r, _) in pending.items() if r is round_]:
-                    del pending[mid]
+            if round_.left:  # no PUBACK in time (or not written): those stay unconfirmed
+                for mid in [m for m, (r, _) in self._pending.items() if r is round_]:
+                    del self._pending[mid]
+                self._unwritten = [u for u in self._unwritten if u[0] is not round_]
         round_.done.cancel()
         return [o or Outcome.UNCONFIRMED for o in round_.outcomes]
