@@ -16,6 +16,7 @@ from dataclasses import dataclass
 from typing import Any, Literal
 
 import paho.mqtt.client as mqtt
+from paho.mqtt.client import PUBACK
 from paho.mqtt.enums import CallbackAPIVersion
 from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
@@ -192,9 +193,13 @@ class _Connection:
     def _ack(self, mids: list[tuple[int, int]]) -> None:
         if self.driver.lost.done():
             return  # that connection is gone: the broker redelivers, the store ignores repeats
-        ack = self.client.ack
+        pubacks = b"".join(b"\x40\x02" + mid.to_bytes(2, "big") for mid, qos in mids if qos == 1)
+        if pubacks:  # one write for the batch instead of a packet (and a send) per message
+            self.client._packet_queue(PUBACK, pubacks, 0, 0)
         for mid, qos in mids:
-            ack(mid, qos)
+            if qos == 2:
+                self.client.ack(mid, qos)
+        self.driver.write()
 
     def close(self) -> None:
         self.driver.close()
