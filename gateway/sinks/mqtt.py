@@ -184,12 +184,12 @@ class MqttPublisher:
         queued = (MQTTErrorCode.MQTT_ERR_SUCCESS, MQTTErrorCode.MQTT_ERR_NO_CONN)
         for index, r in enumerate(rows):
             info = publish(r.topic, r.payload, qos=r.qos, retain=retain)
-            if info.rc not in queued:
-                round_.settle(index, Outcome.UNCONFIRMED)
-            elif r.qos:
+            if r.qos and info.rc in queued:  # paho keeps QoS 1 messages to resend
                 self._pending[info.mid] = (round_, index)
-            else:
+            elif not r.qos and info.rc == MQTTErrorCode.MQTT_ERR_SUCCESS:
                 self._unwritten.append((round_, index, info))
+            else:
+                round_.settle(index, Outcome.UNCONFIRMED)
             if driver.lost.done():
                 self._fail_pending()
         if not driver.lost.done():
