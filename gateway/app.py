@@ -20,7 +20,6 @@ from dataclasses import dataclass, field
 
 import reactivex
 from reactivex.scheduler.eventloop import AsyncIOScheduler
-from reactivex.subject import Subject
 
 from gateway import status
 from gateway.config.model import Config, PipelineConfig
@@ -29,6 +28,7 @@ from gateway.health import Monitor, Verdict, watch
 from gateway.intake import Intake
 from gateway.metrics import MetricsServer
 from gateway.model import Alert, Reading, Record
+from gateway.pipeline.inlet import Inlet
 from gateway.pipeline.metering import Meters
 from gateway.pipeline.steps import compile_steps
 from gateway.presence import Presence
@@ -56,10 +56,10 @@ MQTT attempt ends within its 30 s CONNACK timeout; the unit's TimeoutStartSec is
 
 @dataclass
 class Pipeline:
-    """A running pipeline: its config, the subject sources push into, and its subscription."""
+    """A running pipeline: its config, the inlet sources push into, and its subscription."""
 
     config: PipelineConfig
-    subject: Subject[Record]
+    subject: Inlet[Record]
     subscription: reactivex.abc.DisposableBase
     push: Callable[[Reading], None]
     """``subject.on_next``, timed for the metrics."""
@@ -187,7 +187,7 @@ class Gateway:
             for s in (sinks[name] for name in p.to)
         ]
         router = Router(config.gateway.id, p.id, self.store, targets, self.ids, p.forward)
-        subject: Subject[Record] = Subject()
+        subject: Inlet[Record] = Inlet()
         operator = compile_steps(p.id, p.steps, self._scheduler, self.counters, self.meters)
         subscription = subject.pipe(operator).subscribe(
             on_next=router if self.live is None else self.live.observe(router),

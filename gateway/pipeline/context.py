@@ -14,13 +14,16 @@ from typing import Any, Protocol, runtime_checkable
 
 from reactivex import Observable, abc
 from reactivex.disposable import MultipleAssignmentDisposable
-from reactivex.scheduler.eventloop import AsyncIOScheduler
+from reactivex.scheduler.scheduler import Scheduler
 
 from gateway.counters import Counters
 from gateway.model import Aggregate, Reading, Record
 
 Operator = Callable[[Observable[Record]], Observable[Record]]
 """A built step: an Rx operator from records to records."""
+
+_WALL_CLOCK = Scheduler.now
+"""reactivex's own ``now`` (wall clock, UTC); virtual-time schedulers override it."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -38,11 +41,6 @@ class StepContext:
         object.__setattr__(self, "component", f"{self.pipeline}/{self.step}")
 
 
-def epoch_seconds(scheduler: abc.SchedulerBase) -> float:
-    """The scheduler's current time as UTC epoch seconds (the ``Reading.ts`` convention)."""
-    return scheduler.now.timestamp()
-
-
 @runtime_checkable
 class EpochClock(Protocol):
     """A scheduler that can tell its time as epoch seconds without building a datetime."""
@@ -53,14 +51,27 @@ class EpochClock(Protocol):
 def epoch_clock(scheduler: abc.SchedulerBase) -> Callable[[], float]:
     """A function returning :func:`epoch_seconds` of ``scheduler``, for per-reading use.
 
-    ``scheduler.now`` builds a datetime (about 1.3 µs); on the asyncio scheduler (whose
-    ``now`` is the wall clock) and on a scheduler with ``epoch_now`` the time costs far less.
+    ``scheduler.now`` builds a datetime (about 1.3 µs); on a scheduler that keeps reactivex's
+    wall clock (the live asyncio one) and on one with ``epoch_now`` the time costs far less.
     """
     if isinstance(scheduler, EpochClock):
         return scheduler.epoch_now
-    if type(scheduler) is AsyncIOScheduler:
+    if type(scheduler).now is _WALL_CLOCK:
         return time.time
     return lambda: scheduler.now.timestamp()
+
+
+def epoch_seconds(scheduler: abc.SchedulerBase) -> float:
+    """The scheduler's current time as UTC epoch seconds (the ``Reading.ts`` convention).
+
+    A scheduler that keeps reactivex's wall clock (the live ``AsyncIOScheduler``) is read
+    with ``time.time()``: a tenth of the cost of building a ``datetime`` per reading.
+    """
+    if isinstance(scheduler, EpochClock):
+        return scheduler.epoch_now()
+    if type(scheduler).now is _WALL_CLOCK:
+        return time.time()
+    return scheduler.now.timestamp()
 
 
 def every(

@@ -69,6 +69,24 @@ class MqttSinkConfig(StrictModel):
     )
 
 
+class _Round:
+    """The outcomes of one published batch; ``done`` resolves when none is left open."""
+
+    __slots__ = ("done", "left", "outcomes")
+
+    def __init__(self, n: int, done: asyncio.Future[None]) -> None:
+        self.outcomes: list[Outcome | None] = [None] * n
+        self.left = n
+        self.done = done
+
+    def settle(self, index: int, outcome: Outcome) -> None:
+        if self.outcomes[index] is None:
+            self.outcomes[index] = outcome
+            self.left -= 1
+            if not self.left and not self.done.done():
+                self.done.set_result(None)
+
+
 class MqttPublisher:
     """One MQTT v5 connection to the upstream broker; publishes a batch, reports outcomes."""
 
@@ -76,7 +94,8 @@ class MqttPublisher:
         self._config = config
         self._client_id = client_id
         self._driver: PahoDriver | None = None
-        self._pending: dict[int, asyncio.Future[Outcome]] = {}
+        self._pending: dict[int, tuple[_Round, int]] = {}  # mid -> its round and place
+        self._unwritten: list[tuple[_Round, int, mqtt.MQTTMessageInfo]] = []  # QoS 0
         self.broker_max_packet: int | None = None
         """The broker's Maximum Packet Size from CONNACK, if it sent one."""
 
@@ -107,7 +126,7 @@ class MqttPublisher:
         client.on_log = on_log
         client.on_publish = self._on_publish
         client.on_disconnect = self._on_disconnect
-        driver = PahoDriver(client)
+        driver = PahoDriver(client, after_write=self._written)
         self._driver = driver
         try:
             await driver.connect(b.host, b.port, b.keepalive, clean_start=True)
@@ -128,18 +147,31 @@ class MqttPublisher:
     def _on_publish(
         self, _c: mqtt.Client, _u: Any, mid: int, rc: ReasonCode, _p: Any = None
     ) -> None:
-        fut = self._pending.pop(mid, None)
-        if fut is not None and not fut.done():
-            fut.set_result(Outcome.REFUSED if rc.is_failure else Outcome.ACKED)
+        entry = self._pending.pop(mid, None)
+        if entry is not None:
+            entry[0].settle(entry[1], Outcome.REFUSED if rc.is_failure else Outcome.ACKED)
+
+    def _written(self) -> None:
+        """QoS 0 messages are acknowledged once written to the socket."""
+        if self._unwritten:
+            left = []
+            for round_, index, info in self._unwritten:
+                if info.is_published():
+                    round_.settle(index, Outcome.ACKED)
+                else:
+                    left.append((round_, index, info))
+            self._unwritten = left
 
     def _on_disconnect(self, *_: Any) -> None:
         self._fail_pending()
 
     def _fail_pending(self) -> None:
         pending, self._pending = self._pending, {}
-        for fut in pending.values():
-            if not fut.done():
-                fut.set_result(Outcome.UNCONFIRMED)
+        unwritten, self._unwritten = self._unwritten, []
+        for round_, index in pending.values():
+            round_.settle(index, Outcome.UNCONFIRMED)
+        for round_, index, _ in unwritten:
+            round_.settle(index, Outcome.UNCONFIRMED)
 
     async def close(self) -> None:
         driver, self._driver = self._driver, None
@@ -157,23 +189,28 @@ class MqttPublisher:
         if driver is None or driver.lost.done():
             raise SinkError("not connected")
         client, retain = driver.client, self._config.retain
-        loop = asyncio.get_running_loop()
-        futures: list[asyncio.Future[Outcome]] = []
-        for r in rows:
-            fut: asyncio.Future[Outcome] = loop.create_future()
-            info = client.publish(r.topic, r.payload, qos=r.qos, retain=retain)
-            if (
-                info.rc == MQTTErrorCode.MQTT_ERR_SUCCESS
-                or info.rc == MQTTErrorCode.MQTT_ERR_NO_CONN
-            ):
-                self._pending[info.mid] = fut
+        round_ = _Round(len(rows), asyncio.get_running_loop().create_future())
+        publish = client.publish
+        queued = (MQTTErrorCode.MQTT_ERR_SUCCESS, MQTTErrorCode.MQTT_ERR_NO_CONN)
+        for index, r in enumerate(rows):
+            info = publish(r.topic, r.payload, qos=r.qos, retain=retain)
+            if r.qos and info.rc in queued:  # paho keeps QoS 1 messages to resend
+                self._pending[info.mid] = (round_, index)
+            elif not r.qos and info.rc == MQTTErrorCode.MQTT_ERR_SUCCESS:
+                self._unwritten.append((round_, index, info))
             else:
-                fut.set_result(Outcome.UNCONFIRMED)
-            futures.append(fut)
+                round_.settle(index, Outcome.UNCONFIRMED)
             if driver.lost.done():
                 self._fail_pending()
-        await asyncio.wait(futures, timeout=self._config.ack_timeout)
-        outcomes = [f.result() if f.done() else Outcome.UNCONFIRMED for f in futures]
-        for f in futures:
-            f.cancel()
-        return outcomes
+        if not driver.lost.done():
+            # Write now rather than on the next writable event: QoS 0 messages are done once
+            # written, so a round of them completes without waiting for the loop to come back.
+            driver.write()
+        if round_.left:
+            await asyncio.wait((round_.done,), timeout=self._config.ack_timeout)
+            if round_.left:  # no PUBACK in time (or not written): those stay unconfirmed
+                for mid in [m for m, (r, _) in self._pending.items() if r is round_]:
+                    del self._pending[mid]
+                self._unwritten = [u for u in self._unwritten if u[0] is not round_]
+        round_.done.cancel()
+        return [o or Outcome.UNCONFIRMED for o in round_.outcomes]

@@ -16,6 +16,7 @@ from dataclasses import dataclass
 from typing import Any, Literal
 
 import paho.mqtt.client as mqtt
+from paho.mqtt.client import PUBACK
 from paho.mqtt.enums import CallbackAPIVersion
 from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
@@ -148,7 +149,7 @@ class _Connection:
         client.on_log = self._on_log  # removed at CONNACK: paho formats every line for it
         client.on_message = self._on_message
         self.client = client
-        self.driver = PahoDriver(client, after_read=self._after_read)
+        self.driver = PahoDriver(client, after_read=self._after_read, on_publish=self._on_publish)
 
     async def open(self) -> None:
         cfg = self._source.config
@@ -180,12 +181,15 @@ class _Connection:
         if not self.connack.done():
             self.connack.set_result(rc)
 
+    def _on_publish(self, topic: bytes, payload: bytes, qos: int, mid: int) -> None:
+        """A QoS 0 or 1 message, decoded by the driver's fast path."""
+        self._source.route(self._decoding, self._intake, topic, payload)
+        if qos:
+            self._unacked.append((mid, qos))
+
     def _on_message(self, _c: mqtt.Client, _u: Any, message: mqtt.MQTTMessage) -> None:
-        try:
-            topic = message.topic
-        except UnicodeDecodeError:
-            topic = message._topic.decode("utf-8", "replace")
-        self._source.route(self._decoding, self._intake, topic, bytes(message.payload))
+        """A message paho decoded (QoS 2)."""
+        self._source.route(self._decoding, self._intake, message._topic, bytes(message.payload))
         if message.qos:
             self._unacked.append((message.mid, message.qos))
 
@@ -197,9 +201,13 @@ class _Connection:
     def _ack(self, mids: list[tuple[int, int]]) -> None:
         if self.driver.lost.done():
             return  # that connection is gone: the broker redelivers, the store ignores repeats
-        ack = self.client.ack
+        pubacks = b"".join(b"\x40\x02" + mid.to_bytes(2, "big") for mid, qos in mids if qos == 1)
+        if pubacks:  # one write for the batch instead of a packet (and a send) per message
+            self.client._packet_queue(PUBACK, pubacks, 0, 0)
         for mid, qos in mids:
-            ack(mid, qos)
+            if qos == 2:
+                self.client.ack(mid, qos)
+        self.driver.write()
 
     def close(self) -> None:
         self.driver.close()
@@ -213,22 +221,23 @@ class MqttSource:
         self.config = config
         self.patterns = [TopicPattern.parse(t) for t in config.topics]
         self.client_id = config.broker.client_id or f"{gateway_id}-{config.id}"
-        self._topics: dict[str, tuple[str | None, str | None]] = {}  # topic -> device, metric
+        self._topics: dict[bytes, tuple[str | None, str | None]] = {}  # topic -> device, metric
         self.connected = asyncio.Event()
         self.settled = asyncio.Event()
 
-    def route(self, decoding: Decoding, intake: Intake, topic: str, payload: bytes) -> None:
+    def route(self, decoding: Decoding, intake: Intake, topic: bytes, payload: bytes) -> None:
         """Decode one message (or dead-letter it) by the pattern its topic matches."""
         if len(payload) > self.config.max_payload_bytes:
-            intake.reject(self.id, "too_large", f"{len(payload)} bytes on {topic}", payload[:1024])
+            name = topic.decode("utf-8", "replace")
+            intake.reject(self.id, "too_large", f"{len(payload)} bytes on {name}", payload[:1024])
             return
         where = self._topics.get(topic)
         if where is None:
-            where = self._match(topic)
+            where = self._match(topic.decode("utf-8", "replace"))
             if len(self._topics) < TOPIC_CACHE_SIZE:
                 self._topics[topic] = where
         if where is _UNEXPECTED:
-            intake.reject(self.id, "unexpected_topic", topic, payload)
+            intake.reject(self.id, "unexpected_topic", topic.decode("utf-8", "replace"), payload)
         else:
             decoding.feed(payload, where[0], where[1])
 

@@ -47,6 +47,12 @@ class StoreConfig(StrictModel):
     """The flusher commits what is pending at least this often."""
     batch_max: int = Field(2000, ge=1)
     """...and as soon as this many items are pending."""
+    eager_interval: Duration | None = Field(0.005, gt=0)
+    """When something waits for a commit (an outbox row to forward, an MQTT message to
+    acknowledge), commit this long after the previous commit instead of ``batch_interval``:
+    low latency when quiet, batches as large as the load makes them when busy, and never
+    more than one commit per interval. ``None``: only the two rules above (fewer, larger
+    transactions, e.g. to spare an SD card under ``synchronous: full``)."""
     retention: RetentionConfig = RetentionConfig()
     dead_letters_max_rows: int = Field(10_000, ge=1)
     outbox: OutboxLimits = OutboxLimits()

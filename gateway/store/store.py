@@ -88,8 +88,8 @@ _INSERT_DEAD_LETTER = (
     "INSERT INTO dead_letters (source, ts, reason, detail, raw) VALUES (?, ?, ?, ?, ?)"
 )
 _INSERT_OUTBOX = (
-    "INSERT INTO outbox (sink, msg_id, topic, payload, qos, created, priority)"
-    " VALUES (?, ?, ?, ?, ?, ?, ?)"
+    "INSERT INTO outbox (id, sink, msg_id, topic, payload, qos, created, priority)"
+    " VALUES (?, ?, ?, ?, ?, ?, ?, ?)"
 )
 PRIORITY_ALERT, PRIORITY_AGGREGATE, PRIORITY_READING = 0, 1, 2
 """Outbox priorities: a sink sends the lowest first; overflow drops the highest first."""
@@ -124,6 +124,11 @@ class OutboxRow:
     payload: bytes
     qos: int
     attempts: int
+    priority: int = PRIORITY_AGGREGATE
+
+
+OutboxFeed = Callable[[list[OutboxRow]], None]
+"""Told the rows each commit added for one sink, in id order."""
 
 
 @dataclass(slots=True)
@@ -136,6 +141,8 @@ class _Batch:
     alerts: list[Alert] = field(default_factory=list)
     dead_letters: list[DeadLetterRow] = field(default_factory=list)
     outbox: list[OutboxInsert] = field(default_factory=list)
+    settled: list[int] = field(default_factory=list)
+    """Outbox rows delivered: deleted in this transaction (not counted in ``size``)."""
 
     @property
     def size(self) -> int:
@@ -158,6 +165,8 @@ class _Written:
     rejected: int
     outbox_sinks: frozenset[str]
     outbox_dropped: int = 0
+    outbox_rows: dict[str, list[OutboxRow]] = field(default_factory=dict)
+    """The rows added, per sink, in id order."""
 
 
 def _aggregate_row(a: Aggregate) -> tuple[Any, ...]:
@@ -219,6 +228,7 @@ class Store:
         self._alerts: list[Alert] = []
         self._dead_letters: list[DeadLetterRow] = []
         self._outbox: list[OutboxInsert] = []
+        self._settled: list[int] = []
         self._n_pending = 0
         self._added = 0  # sequence number of the last add
         self._committed_upto = 0  # every add up to this sequence number is committed
@@ -234,7 +244,14 @@ class Store:
         self._ob_rows = 0  # outbox totals, writer thread only
         self._taken: dict[str, frozenset[int]] = {}  # per sink, the rows in flight (writer thread)
         self._ob_bytes = 0
+        self._ob_next_id = 1  # writer thread only: outbox ids are assigned here, in order
+        self._feeds: dict[str, OutboxFeed] = {}
+        self.outbox_epoch = 0
+        """Bumped whenever rows leave the outbox by policy (overflow, expiry), so a sink that
+        holds rows handed to it knows its copy may be stale."""
         self._wake = asyncio.Event()
+        self._urgent = False  # a commit is awaited: eager_interval applies
+        self._last_commit = 0.0  # loop time the last commit started
 
     # ------------------------------------------------------------------ lifecycle
 
@@ -318,11 +335,32 @@ class Store:
         """Queue one message for ``sink``; it commits with whatever was queued before it."""
         self._outbox.append((sink, msg_id, topic, payload, qos, self._clock(), priority))
         self._queued(1)
+        self._hurry()
 
     def add_dead_letter(self, source: str, reason: str, detail: str, raw: bytes, ts: float) -> None:
         """Queue rejected input; ``raw`` is cut to ``DEAD_LETTER_RAW_MAX`` bytes."""
         self._dead_letters.append((source, ts, reason, detail, raw[:DEAD_LETTER_RAW_MAX]))
         self._queued(1)
+
+    def outbox_settled(self, ids: Sequence[int]) -> None:
+        """Delete delivered rows with the next commit, without waiting for it: a crash before
+        that commit sends them again (at least once, under the same message id)."""
+        if ids:
+            self._settled.extend(ids)
+            self._added += 1
+            if not self._wake.is_set() and len(self._settled) >= self.config.batch_max:
+                self._wake.set()
+
+    def outbox_feed(self, sink: str, feed: OutboxFeed) -> Callable[[], None]:
+        """After each commit, hand ``feed`` the rows it added for ``sink`` (replacing any
+        earlier feed of that sink); returns what stops it."""
+        self._feeds[sink] = feed
+
+        def stop() -> None:
+            if self._feeds.get(sink) == feed:
+                del self._feeds[sink]
+
+        return stop
 
     def _queued(self, n: int) -> None:
         if n <= 0:
@@ -341,6 +379,13 @@ class Store:
             callback()
         else:
             self._waiters.append((self._added, callback))
+            self._hurry()
+
+    def _hurry(self) -> None:
+        """Something waits for the next commit: make it come within ``eager_interval``."""
+        if not self._urgent and self.config.eager_interval is not None:
+            self._urgent = True
+            self._wake.set()
 
     def _release_waiters(self) -> None:
         waiters, upto = self._waiters, self._committed_upto
@@ -374,6 +419,8 @@ class Store:
 
     def _dropped(self, counter: str, n: int) -> None:
         """Count a drop; the first one of each kind in this process raises an alert."""
+        if counter.startswith("outbox_"):
+            self.outbox_epoch += 1
         first = self._counters.get(COMPONENT, counter) == 0
         self._counters.inc(COMPONENT, counter, n)
         if first:
@@ -409,12 +456,18 @@ class Store:
 
     async def _flusher(self) -> None:
         attempt = 0
+        loop = asyncio.get_running_loop()
         while True:
             if self._n_pending < self.config.batch_max:
                 with contextlib.suppress(TimeoutError):
                     async with asyncio.timeout(self.config.batch_interval):
                         await self._wake.wait()
+                eager = self.config.eager_interval
+                if self._urgent and eager is not None and self._n_pending < self.config.batch_max:
+                    await asyncio.sleep(self._last_commit + eager - loop.time())
             self._wake.clear()
+            self._urgent = False
+            self._last_commit = loop.time()
             try:
                 await self._commit_once()
             except sqlite3.Error:
@@ -431,7 +484,7 @@ class Store:
             await asyncio.wait((self._inflight,))
         if self._executor is None:
             raise RuntimeError("store is not open")
-        if self._n_pending == 0:
+        if self._n_pending == 0 and not self._settled:
             self._committed_upto = self._added
             self._release_waiters()
             return
@@ -442,9 +495,10 @@ class Store:
             self._alerts,
             self._dead_letters,
             self._outbox,
+            self._settled,
         )
         self._readings, self._aggregates, self._alerts = [], [], []
-        self._dead_letters, self._outbox = [], []
+        self._dead_letters, self._outbox, self._settled = [], [], []
         self._n_pending = 0
         fut = self._submit(self._write_batch, batch)
         self._inflight = fut
@@ -469,6 +523,7 @@ class Store:
             self._alerts[:0] = batch.alerts
             self._dead_letters[:0] = batch.dead_letters
             self._outbox[:0] = batch.outbox
+            self._settled[:0] = batch.settled
             self._n_pending += batch.size
             self._counters.inc(COMPONENT, "write_errors")
             log.error("store: committing %d items failed: %r", batch.size, exc)
@@ -497,6 +552,9 @@ class Store:
         if written.outbox_sinks:
             self.outbox_ready.set()
             for sink in written.outbox_sinks:
+                rows = written.outbox_rows.get(sink)
+                if rows and (feed := self._feeds.get(sink)) is not None:
+                    feed(rows)
                 if (event := self._sink_events.get(sink)) is not None:
                     event.set()
 
@@ -507,9 +565,12 @@ class Store:
 
     # ------------------------------------------------------------------ loop side: outbox, reads
 
-    async def outbox_take(self, sink: str, limit: int) -> list[OutboxRow]:
-        """The oldest ``limit`` committed rows of ``sink``; they stay until acked."""
-        return await self._call(self._outbox_take, sink, limit)
+    async def outbox_take(
+        self, sink: str, limit: int, acked: Sequence[int] = ()
+    ) -> list[OutboxRow]:
+        """The oldest ``limit`` committed rows of ``sink``; they stay until acked. Rows in
+        ``acked`` (delivered) are deleted first, in the same trip to the writer thread."""
+        return await self._call(self._outbox_take, sink, limit, acked)
 
     async def outbox_ack(self, ids: Sequence[int]) -> None:
         """Delete delivered rows."""
@@ -630,20 +691,21 @@ class Store:
 
     def _write_batch(self, batch: _Batch) -> _Written:
         db = self._database()
-        totals = self._ob_rows, self._ob_bytes  # restored when the transaction rolls back
+        # restored when the transaction rolls back
+        totals = self._ob_rows, self._ob_bytes, self._ob_next_id
         try:
             with db.atomic():
                 return self._insert(db.conn, batch, isolate=False)
         except sqlite3.OperationalError:
-            self._ob_rows, self._ob_bytes = totals
+            self._ob_rows, self._ob_bytes, self._ob_next_id = totals
             raise
         except _ITEM_ERRORS:
-            self._ob_rows, self._ob_bytes = totals
+            self._ob_rows, self._ob_bytes, self._ob_next_id = totals
             try:
                 with db.atomic():
                     return self._insert(db.conn, batch, isolate=True)
             except BaseException:
-                self._ob_rows, self._ob_bytes = totals
+                self._ob_rows, self._ob_bytes, self._ob_next_id = totals
                 raise
 
     def _insert(self, conn: sqlite3.Connection, batch: _Batch, *, isolate: bool) -> _Written:
@@ -657,19 +719,39 @@ class Store:
         rejected += bad
         dead_letters, bad = run(conn, _INSERT_DEAD_LETTER, _same_row, batch.dead_letters)
         rejected += bad
-        outbox, bad = run(conn, _INSERT_OUTBOX, _same_row, batch.outbox)
-        rejected += bad
-        if outbox:
-            self._ob_rows += outbox
-            self._ob_bytes += sum(len(row[3]) for row in batch.outbox)
+        first_id = self._ob_next_id
+        numbered = [(first_id + i, *row) for i, row in enumerate(batch.outbox)]
+        self._ob_next_id += len(numbered)
+        if isolate:
+            numbered = [
+                row for row in numbered if _insert_each(conn, _INSERT_OUTBOX, _same_row, [row])[0]
+            ]
+            rejected += len(batch.outbox) - len(numbered)
+        elif numbered:
+            conn.executemany(_INSERT_OUTBOX, numbered)
+        if numbered:
+            self._ob_rows += len(numbered)
+            self._ob_bytes += sum(len(row[4]) for row in numbered)
+        if batch.settled:
+            self._outbox_delete(batch.settled)
         outbox_dropped = self._enforce_outbox(conn)
         duplicates = len(batch.readings) - readings - bad_readings
-        sinks = frozenset(row[0] for row in batch.outbox) if outbox else frozenset()
-        return _Written(readings, duplicates, dead_letters, rejected, sinks, outbox_dropped)
+        by_sink: dict[str, list[OutboxRow]] = {}
+        if not outbox_dropped:  # rows dropped at once are not handed over (epoch bumps)
+            for row_id, sink, msg_id, topic, payload, qos, _, priority in numbered:
+                by_sink.setdefault(sink, []).append(
+                    OutboxRow(row_id, msg_id, topic, payload, qos, 0, priority)
+                )
+        sinks = frozenset(row[1] for row in numbered)
+        return _Written(
+            readings, duplicates, dead_letters, rejected, sinks, outbox_dropped, by_sink
+        )
 
-    def _outbox_take(self, sink: str, limit: int) -> list[OutboxRow]:
+    def _outbox_take(self, sink: str, limit: int, acked: Sequence[int] = ()) -> list[OutboxRow]:
+        if acked:
+            self._outbox_ack(acked)
         cursor = self._database().execute(
-            "SELECT id, msg_id, topic, payload, qos, attempts FROM outbox"
+            "SELECT id, msg_id, topic, payload, qos, attempts, priority FROM outbox"
             " WHERE sink = ? ORDER BY priority, id LIMIT ?",
             (sink, limit),
         )
@@ -725,12 +807,14 @@ class Store:
             return self._outbox_delete(ids)
 
     def _outbox_totals(self) -> None:
-        n, size = (
-            self._database()
-            .execute("SELECT count(*), coalesce(sum(length(payload)), 0) FROM outbox")
-            .fetchone()
-        )
+        db = self._database()
+        n, size, last = db.execute(
+            "SELECT count(*), coalesce(sum(length(payload)), 0), coalesce(max(id), 0) FROM outbox"
+        ).fetchone()
         self._ob_rows, self._ob_bytes = int(n), int(size)
+        # AUTOINCREMENT's high-water mark: an id is never reused, even after its row left
+        seq = db.execute("SELECT seq FROM sqlite_sequence WHERE name = 'outbox'").fetchone()
+        self._ob_next_id = max(int(last), int(seq[0]) if seq else 0) + 1
 
     def _enforce_outbox(self, conn: sqlite3.Connection) -> int:
         """Apply the overflow policy inside the batch's transaction; rows dropped."""

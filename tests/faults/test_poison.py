@@ -4,6 +4,7 @@ that refuses some topics (PUBACK 0x87 under MQTT v5) reconcile every row."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 from typing import Any
@@ -36,8 +37,14 @@ def strict_broker(tmp_path: Path) -> Iterator[PersistentBroker]:
 
 @pytest.fixture
 async def store(tmp_path: Path) -> AsyncIterator[Store]:
+    """A store with its flusher running, as in the daemon (delivered rows leave the outbox
+    with its commits)."""
     async with Store(StoreConfig(path=tmp_path / "gw.db"), Counters()) as s:
+        flusher = asyncio.create_task(s.run())
         yield s
+        flusher.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await flusher
 
 
 async def test_refused_and_oversized_messages_are_dead_lettered_and_the_rest_flows(

@@ -307,9 +307,9 @@ def test_mqtt_topics_are_matched_once_and_remembered() -> None:
     intake = RecordingIntake()
     decoding = Decoding("fleet", build_decoder(config.format), intake)
     for value in (1, 2):
-        source.route(decoding, intake, "sensors/p1/temp", b'{"value": %d, "ts": 1}' % value)
-    source.route(decoding, intake, "other/p1", b'{"value": 3, "ts": 1}')
-    source.route(decoding, intake, "other/p1", b'{"value": 3, "ts": 1}')
+        source.route(decoding, intake, b"sensors/p1/temp", b'{"value": %d, "ts": 1}' % value)
+    source.route(decoding, intake, b"other/p1", b'{"value": 3, "ts": 1}')
+    source.route(decoding, intake, b"other/p1", b'{"value": 3, "ts": 1}')
     assert [(r.device, r.metric, r.value) for r in intake.readings] == [
         ("p1", "temp", 1.0),
         ("p1", "temp", 2.0),

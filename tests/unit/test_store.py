@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import sqlite3
 from collections.abc import AsyncIterator, Callable
 from pathlib import Path
@@ -528,3 +529,26 @@ def test_config_parses_durations() -> None:
     assert config.retention.interval == 300
     with pytest.raises(ValueError, match="extra"):
         StoreConfig.model_validate({"bogus": 1})
+
+
+async def test_what_waits_for_a_commit_is_committed_within_eager_interval(
+    tmp_path: Path,
+) -> None:
+    config = StoreConfig(path=tmp_path / "gw.db", batch_interval=3600, eager_interval=0.005)
+    async with Store(config, Counters()) as store:
+        flusher = asyncio.create_task(store.run())
+        try:
+            store.add_readings([reading(1, seq=1)])  # history only: waits for batch_interval
+            acked = asyncio.Event()
+            store.when_committed(acked.set)  # e.g. an MQTT message to acknowledge
+            async with asyncio.timeout(5):
+                await acked.wait()
+            store.add_outbox("up", "m1", "t", b"{}", 1)  # a row to forward
+            ready = store.outbox_signal("up")
+            async with asyncio.timeout(5):
+                await ready.wait()
+            assert [r.msg_id for r in await store.outbox_take("up", 10)] == ["m1"]
+        finally:
+            flusher.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await flusher
