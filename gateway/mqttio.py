@@ -130,7 +130,9 @@ class PahoDriver:
             chunk: bytes = sock.recv(RECV_BYTES)
         except (BlockingIOError, InterruptedError, ssl.SSLWantReadError, ssl.SSLWantWriteError):
             return
-        except OSError:
+        except OSError as err:  # e.g. the TLS alert of a refused client certificate
+            # paho's own words, so its on_log/logger users learn why (as with paho's reader)
+            self.client._easy_log(mqtt.MQTT_LOG_ERR, "failed to receive on socket: %s", err)
             self._rc_handle(MQTTErrorCode.MQTT_ERR_CONN_LOST)
             return
         if not chunk:

@@ -359,16 +359,20 @@ class Bench:
             workdir, config = self._config(name, pipelines, qos_in=qos, qos_out=qos)
             publisher = Agent("publish", "--port", str(self.local.port), "--qos", str(qos))
             system = GatewayRun(workdir, config, "subscribed to", self.collector, True)
-            try:
-                load = Load(publisher)
-                self.ramp(system, load, result)
-                self.latency(system, load, result, self.p.latency_s, aggregates=False)
-                self._latency_below_max(system, load, result)
-                self._finish(system, result)
-            finally:
-                system.stop()
-                publisher.stop()
-            self._ratio(result, ceiling)
+            self._forward_job(system, publisher, result, ceiling)
+
+    def _forward_job(self, system: System, publisher: Agent, result: Result, ceiling: str) -> None:
+        """Ramp, latency at the fixed rate and a clean stop of one forwarding system."""
+        try:
+            load = Load(publisher)
+            self.ramp(system, load, result)
+            self.latency(system, load, result, self.p.latency_s, aggregates=False)
+            self._latency_below_max(system, load, result)
+            self._finish(system, result)
+        finally:
+            system.stop()
+            publisher.stop()
+        self._ratio(result, ceiling)
 
     def peer(self, peer: str, qos: int, ceiling: str, gateway: str) -> None:
         """A peer (``--peers``) on the forward job, measured like ``edge-gateway``."""
@@ -385,16 +389,7 @@ class Bench:
                 self.say(f"    skipped: {exc}")
                 return
             publisher = Agent("publish", "--port", str(self.local.port), "--qos", str(qos))
-            try:
-                load = Load(publisher)
-                self.ramp(system, load, result)
-                self.latency(system, load, result, self.p.latency_s, aggregates=False)
-                self._latency_below_max(system, load, result)
-                self._finish(system, result)
-            finally:
-                system.stop()
-                publisher.stop()
-            self._ratio(result, ceiling)
+            self._forward_job(system, publisher, result, ceiling)
             if peer == "thingsboard":
                 result.notes.append(
                     "no filter step (its MQTT connector's JSON converter has none); telemetry "
