@@ -185,10 +185,17 @@ class Bench:
         ok = delivered >= sent and achieved >= 0.95 * rate
         return Step(rate, achieved, sent, delivered, ok, cpu)
 
-    def _settle(self, system: System, quiet_s: float = 1.0, timeout: float = 30.0) -> None:
-        """Wait until the system stops making progress (its backlog is drained or lost)."""
+    def _settle(
+        self, system: System, until: int | None = None, quiet_s: float = 1.0, timeout: float = 30.0
+    ) -> None:
+        """Wait until the system's progress reaches ``until`` (its backlog is drained) or stops
+        (what is left was lost), so that the next step does not count an earlier backlog."""
         last, since, deadline = system.progress(), time.monotonic(), time.monotonic() + timeout
-        while time.monotonic() - since < quiet_s and time.monotonic() < deadline:
+        while (
+            (until is None or last < until)
+            and time.monotonic() - since < quiet_s
+            and time.monotonic() < deadline
+        ):
             time.sleep(0.05)
             now = system.progress()
             if now != last:
@@ -196,15 +203,18 @@ class Bench:
 
     def ramp(self, system: System, load: Load, result: Result) -> None:
         p = self.p
+        expected = system.progress()  # what the system has shown once everything sent arrived
         warm = self._deliver(system, load, min(p.start_rate, 1000), max(int(p.start_rate / 4), 50))
+        expected += warm.sent
         if not warm.ok:
-            self._settle(system)
+            self._settle(system, until=expected, quiet_s=2.0)
         lo: Step | None = None
         hi: float | None = None
         rate = p.start_rate
         refined = 0
         for _ in range(p.max_steps):
             step = self._deliver(system, load, rate, max(int(rate * p.step_s), 1))
+            expected += step.sent
             result.steps.append(asdict(step))
             limited = step.achieved < 0.95 * rate
             self.say(
@@ -216,7 +226,7 @@ class Bench:
                 lo = step
             if not step.ok:
                 hi = rate
-                self._settle(system)
+                self._settle(system, until=expected, quiet_s=2.0)
             if limited:
                 result.notes.append(f"sender fell behind at {rate:.0f}/s ({step.achieved:.0f}/s)")
             if hi is None:
