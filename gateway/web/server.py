@@ -151,17 +151,19 @@ async def latest(request: web.Request) -> web.Response:
     return _json(await store.run(queries.latest, request.query.get("device") or None))
 
 
+def _listing(request: web.Request, now: float) -> dict[str, Any]:
+    """The ``since``, ``until`` and ``limit`` parameters every event listing takes."""
+    return {
+        "since": _time(request, "since", now),
+        "until": _time(request, "until", now),
+        "limit": _int(request, "limit", 100),
+    }
+
+
 async def alerts(request: web.Request) -> web.Response:
     store = request.app[QUERIES]
-    now = store.clock()
-    rows = await store.run(
-        queries.alerts,
-        since=_time(request, "since", now),
-        until=_time(request, "until", now),
-        device=request.query.get("device") or None,
-        limit=_int(request, "limit", 100),
-    )
-    return _json(rows)
+    device = request.query.get("device") or None
+    return _json(await store.run(queries.alerts, device=device, **_listing(request, store.clock())))
 
 
 async def active_alerts(request: web.Request) -> web.Response:
@@ -170,15 +172,9 @@ async def active_alerts(request: web.Request) -> web.Response:
 
 async def dead_letters(request: web.Request) -> web.Response:
     store = request.app[QUERIES]
-    now = store.clock()
-    rows = await store.run(
-        queries.dead_letters,
-        since=_time(request, "since", now),
-        until=_time(request, "until", now),
-        source=request.query.get("source") or None,
-        limit=_int(request, "limit", 100),
-    )
-    return _json(rows)
+    source = request.query.get("source") or None
+    listing = _listing(request, store.clock())
+    return _json(await store.run(queries.dead_letters, source=source, **listing))
 
 
 async def health(request: web.Request) -> web.Response:
