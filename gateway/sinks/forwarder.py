@@ -12,6 +12,14 @@ with the store's next commit, so the steady state costs no query and no wait on 
 thread. Any failure, a live queue longer than ``LIVE_MAX`` rows, or rows dropped by the outbox
 policy (``Store.outbox_epoch``) sends the sink back to catching up.
 
+Rounds are pipelined: a sink keeps publishing new batches while earlier ones wait for their
+PUBACKs, up to ``window`` rows in flight (the broker's receive window is the real bound; the
+publisher queues what is beyond it, in order). Outcomes are taken in publish order, so the
+counters and the deletions are those of one round after another. A round with a failure
+stops the pipeline: the rounds after it are waited for (their acked rows are delivered and
+leave the outbox), then the failure is handled as below. A row with a failed attempt, a
+half-open breaker and a paced (``drain_rate``) sink go stop-and-wait: one round at a time.
+
 Poison messages cannot block it: a row larger than ``max_message_bytes`` (or the
 broker's announced Maximum Packet Size) is dead-lettered unsent, and a row that was refused,
 or was the oldest unconfirmed one when the connection dropped, ``max_attempts`` times is
@@ -26,6 +34,7 @@ import logging
 import sqlite3
 from collections import deque
 from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
 from enum import Enum
 from typing import Protocol
 
@@ -67,7 +76,30 @@ class Publisher(Protocol):
     @property
     def broker_max_packet(self) -> int | None: ...
 
-    async def publish(self, rows: Sequence[OutboxRow]) -> list[Outcome]: ...
+    def send(self, rows: Sequence[OutboxRow]) -> asyncio.Future[list[Outcome]]:
+        """Publish ``rows`` now, after everything sent before (in order); the future gives
+        one outcome per row once each is acknowledged, refused or given up on (it fails
+        with ``SinkError`` when nothing could be sent, e.g. not connected)."""
+        ...
+
+
+@dataclass(slots=True)
+class _Flight:
+    """One round on its way: its rows and their outcomes to come."""
+
+    rows: list[OutboxRow]
+    outcomes: asyncio.Future[list[Outcome]]
+
+
+@dataclass(slots=True)
+class _Tally:
+    """The failures of a pipeline that stopped: what to charge and how to say it."""
+
+    refused: list[OutboxRow] = field(default_factory=list)
+    suspect: OutboxRow | None = None
+    unconfirmed: int = 0
+    sent: int = 0
+    error: str = ""
 
 
 class Forwarder:
@@ -87,6 +119,7 @@ class Forwarder:
         max_message_bytes: int = 256 * 1024,
         max_attempts: int = 10,
         drain_rate: float | None = None,
+        window: int | None = None,
         clock: Callable[[], float] | None = None,
     ) -> None:
         self.sink_id = sink_id
@@ -104,6 +137,11 @@ class Forwarder:
         self._drain_rate = drain_rate
         if drain_rate is not None:  # about a second per batch, so a new alert waits <= ~1 s
             self._batch = max(1, min(batch, int(drain_rate)))
+        self._window = max(window if window is not None else 4 * self._batch, self._batch)
+        """Rows published and not yet settled, at most (a new round goes out below it)."""
+        self._flight: deque[_Flight] = deque()
+        self._flying = 0  # rows in self._flight
+        self._flying_ids: set[int] = set()
         self.idle = asyncio.Event()
         self._unconfirmed: set[int] = set()
         """Outbox ids sent and not acknowledged yet: a new send of one is a retry."""
@@ -158,57 +196,70 @@ class Forwarder:
         log.warning("sink %s: circuit breaker %s -> %s", self.sink_id, old.value, new.value)
 
     async def _next_batch(self) -> list[OutboxRow]:
-        """Wait until the outbox has rows for this sink and return the oldest."""
+        """Wait until the outbox has rows for this sink that are not in flight and return the
+        oldest; or return [] once the oldest round in flight has its outcomes."""
         ready = self._store.outbox_signal(self.sink_id)
         while True:
             ready.clear()
+            if self._landed():
+                return []
             if self._live and self._epoch != self._store.outbox_epoch:
                 self._catch_up()  # the policy dropped rows: the queue may hold some
-            if self._live:
-                rows = self._take_live()
-            else:
-                if self._settled_upto != self._settles:  # delivered rows go before reading
-                    settles = self._settles
-                    await self._store.flush()
-                    self._settled_upto = max(self._settled_upto, settles)
-                self._catch_up()
-                self._spilled = False
-                self._last_id = 0
-                self._epoch = self._store.outbox_epoch
-                acked, self._acked = self._acked, []
-                try:
-                    rows = await self._store.outbox_take(self.sink_id, self._batch, acked)
-                except BaseException:
-                    self._acked[:0] = acked
-                    raise
-                if (
-                    len(rows) < self._batch  # nothing older is left: go live
-                    and not self._spilled
-                    and self._epoch == self._store.outbox_epoch
-                ):
-                    self._live = True
-                    taken = max((r.id for r in rows), default=0)
-                    self._drop_queued(taken)
-                    self._last_id = max(self._last_id, taken)
-                else:
-                    self._catch_up()
+            rows = self._take_live() if self._live else await self._read()
             if rows:
                 self.idle.clear()
                 return rows
-            if self._settled_upto == self._settles:
-                self.idle.set()
-            else:  # idle once delivered rows are gone from the outbox too (soon committed)
-                self._store.when_committed(functools.partial(self._settled, self._settles))
+            if self._landed():
+                return []
+            if not self._flight:
+                if self._settled_upto == self._settles:
+                    self.idle.set()
+                else:  # idle once delivered rows are gone from the outbox too (soon committed)
+                    self._store.when_committed(functools.partial(self._settled, self._settles))
             self._waiting = True
             try:
                 await ready.wait()
             finally:
                 self._waiting = False
 
+    async def _read(self) -> list[OutboxRow]:
+        """Catch up: the oldest rows in SQLite, less those in flight; go live once a read
+        finds every row."""
+        if self._settled_upto != self._settles:  # delivered rows go before reading
+            settles = self._settles
+            await self._store.flush()
+            self._settled_upto = max(self._settled_upto, settles)
+        self._catch_up()
+        self._spilled = False
+        self._last_id = 0
+        self._epoch = self._store.outbox_epoch
+        acked, self._acked = self._acked, []
+        flying = self._flying_ids  # only this task changes it: stable during the read
+        limit = self._batch + len(flying)
+        try:
+            got = await self._store.outbox_take(self.sink_id, limit, acked)
+        except BaseException:
+            self._acked[:0] = acked
+            raise
+        rows = [r for r in got if r.id not in flying] if flying else got
+        if (
+            len(got) < limit  # nothing older is left: go live
+            and len(rows) <= self._batch
+            and not self._spilled
+            and self._epoch == self._store.outbox_epoch
+        ):
+            self._live = True
+            taken = max((r.id for r in got), default=0)
+            self._drop_queued(taken)
+            self._last_id = max(self._last_id, taken)
+            return rows
+        self._catch_up()
+        return rows[: self._batch]
+
     def _settled(self, settles: int) -> None:
         """The rows of the first ``settles`` live rounds are deleted."""
         self._settled_upto = max(self._settled_upto, settles)
-        if self._waiting and self._settled_upto == self._settles:
+        if self._waiting and self._settled_upto == self._settles and not self._flight:
             self.idle.set()
 
     def _drop_queued(self, upto: int) -> None:
@@ -228,24 +279,102 @@ class Forwarder:
 
     async def _deliver(self, rows: list[OutboxRow]) -> None:
         if not self._publisher.connected:
+            await self._land_all()  # the rounds sent on the lost connection
             await self._publisher.connect()
             log.info("sink %s: connected", self.sink_id)
         if big := [r for r in rows if self._too_large(r)]:
             await self._bury(big, "too_large")
             rows = [r for r in rows if not self._too_large(r)]
         if not rows:
+            self.breaker.record_success()  # the upstream is fine; the rows were the trouble
             return
-        if rows[0].attempts:
+        alone = rows[0].attempts > 0
+        if alone:
             if len(rows) > 1:
                 self._catch_up()  # the rows left out are read again
             rows = rows[:1]  # a suspect goes alone, so its outcome is its own
-        outcomes = await self._publisher.publish(rows)
-        acked = [r.id for r, o in zip(rows, outcomes, strict=True) if o is Outcome.ACKED]
-        refused = [r for r, o in zip(rows, outcomes, strict=True) if o is Outcome.REFUSED]
-        suspect = next(
-            (r for r, o in zip(rows, outcomes, strict=True) if o is Outcome.UNCONFIRMED), None
+        # One round at a time for a suspect, a breaker's probe, and a paced sink.
+        stop_and_wait = (
+            alone or self._drain_rate is not None or self.breaker.state is not BreakerState.CLOSED
         )
+        if stop_and_wait:
+            await self._land_all()
+        started = asyncio.get_running_loop().time()
+        try:
+            outcomes = self._publisher.send(rows)
+        except SinkError:
+            await self._land_all()  # an earlier round's failure is the one to report
+            raise
+        outcomes.add_done_callback(self._wake)
+        self._flight.append(_Flight(rows, outcomes))
+        self._flying += len(rows)
+        self._flying_ids.update(r.id for r in rows)
+        if stop_and_wait:
+            await self._land_all()
+            if self._drain_rate is not None:  # pace the backlog; alerts are taken first
+                spent = asyncio.get_running_loop().time() - started
+                await asyncio.sleep(max(0.0, len(rows) / self._drain_rate - spent))
+
+    def _wake(self, _: object) -> None:
+        self._store.outbox_signal(self.sink_id).set()
+
+    def _landed(self) -> bool:
+        """Has the oldest round in flight got its outcomes?"""
+        return bool(self._flight) and self._flight[0].outcomes.done()
+
+    def _pop(self) -> _Flight:
+        flight = self._flight.popleft()
+        self._flying -= len(flight.rows)
+        self._flying_ids.difference_update(r.id for r in flight.rows)
+        return flight
+
+    async def _land_all(self) -> None:
+        """Take the outcomes of every round in flight, oldest first."""
+        while self._flight:
+            await asyncio.wait((self._flight[0].outcomes,))
+            await self._land(self._pop())
+
+    async def _land(self, flight: _Flight) -> None:
+        """Count and settle one round; on a failure stop the pipeline, charge the culprits
+        and raise ``SinkError``."""
+        tally = _Tally()
+        self._account(flight, tally)
+        if tally.sent and not tally.refused and tally.suspect is None and not tally.error:
+            self.breaker.record_success()
+            self._backoff.reset()
+            return
+        if tally.unconfirmed or tally.error:  # the connection is in doubt: fail the rest now
+            await self._publisher.close()
+        while self._flight:  # rows after the failure: delivered if acked, else sent again
+            later = self._flight[0]
+            await asyncio.wait((later.outcomes,))
+            self._account(self._pop(), tally)
+        self._catch_up()
+        failed = tally.refused + ([tally.suspect] if tally.suspect is not None else [])
+        if failed:
+            dead = [r for r in failed if r.attempts + 1 >= self._max_attempts]
+            await self._store.outbox_failed([r.id for r in failed if r not in dead])
+            if dead:
+                await self._bury(dead, "undeliverable")
+        if tally.error and not tally.sent:
+            raise SinkError(tally.error)
+        raise SinkError(
+            f"{tally.unconfirmed} of {tally.sent} messages not acknowledged, "
+            f"{len(tally.refused)} refused"
+        )
+
+    def _account(self, flight: _Flight, tally: _Tally) -> None:
+        """Counters and deletions for one round's outcomes; its failures go to ``tally``:
+        refused rows, and the oldest unconfirmed row of the pipeline (the suspect)."""
+        rows, future = flight.rows, flight.outcomes
+        if future.cancelled() or future.exception() is not None:  # nothing was sent
+            exc = None if future.cancelled() else future.exception()
+            tally.error = tally.error or (str(exc) if exc is not None else "send cancelled")
+            return
+        outcomes = future.result()
+        acked = [r.id for r, o in zip(rows, outcomes, strict=True) if o is Outcome.ACKED]
         self._count_sends(rows, outcomes, acked)
+        tally.sent += len(rows)
         if acked:
             if self._live:
                 self._store.outbox_settled(acked)  # deleted with the next commit
@@ -253,18 +382,16 @@ class Forwarder:
             else:
                 self._acked += acked  # deleted by the next read, on the same trip
             self._counters.inc(self.sink_id, "acked", len(acked))
+        if len(acked) == len(rows):
+            return
+        refused = [r for r, o in zip(rows, outcomes, strict=True) if o is Outcome.REFUSED]
         if refused:
             self._counters.inc(self.sink_id, "refused", len(refused))
-        failed = refused + ([suspect] if suspect is not None else [])
-        if failed:
-            dead = [r for r in failed if r.attempts + 1 >= self._max_attempts]
-            await self._store.outbox_failed([r.id for r in failed if r not in dead])
-            if dead:
-                await self._bury(dead, "undeliverable")
-            unconfirmed = sum(o is Outcome.UNCONFIRMED for o in outcomes)
-            raise SinkError(
-                f"{unconfirmed} of {len(rows)} messages not acknowledged, {len(refused)} refused"
-            )
+            tally.refused += refused
+        unconfirmed = [r for r, o in zip(rows, outcomes, strict=True) if o is Outcome.UNCONFIRMED]
+        tally.unconfirmed += len(unconfirmed)
+        if unconfirmed and tally.suspect is None:
+            tally.suspect = unconfirmed[0]
 
     def _count_sends(
         self, rows: list[OutboxRow], outcomes: list[Outcome], acked: list[int]
@@ -301,15 +428,9 @@ class Forwarder:
     async def run(self) -> None:
         """Forward until cancelled; never raises for upstream trouble."""
         while True:
-            rows = await self._next_batch()
-            if not self.breaker.allow():
-                self._catch_up()  # the rows taken are read again from SQLite
-                await asyncio.sleep(max(self.breaker.retry_in(), 0.05))
-                continue
-            started = asyncio.get_running_loop().time()
             try:
                 try:
-                    await self._deliver(rows)
+                    await self._step()
                 except BaseException:
                     self._catch_up()  # what was not delivered is read again from SQLite
                     raise
@@ -336,12 +457,23 @@ class Forwarder:
                     delay,
                 )
                 await asyncio.sleep(delay)
-            else:
-                self.breaker.record_success()
-                self._backoff.reset()
-                if self._drain_rate is not None:  # pace the backlog; alerts are taken first
-                    spent = asyncio.get_running_loop().time() - started
-                    await asyncio.sleep(max(0.0, len(rows) / self._drain_rate - spent))
+
+    async def _step(self) -> None:
+        """Take the outcomes that came in; then send one more round, or wait for rows or
+        for the oldest round (when ``window`` rows are in flight)."""
+        while self._landed():
+            await self._land(self._pop())
+        if self._flying >= self._window:
+            await asyncio.wait((self._flight[0].outcomes,))
+            return
+        rows = await self._next_batch()
+        if not rows:
+            return  # a round landed
+        if not self.breaker.allow():
+            self._catch_up()  # the rows taken are read again from SQLite
+            await asyncio.sleep(max(self.breaker.retry_in(), 0.05))
+            return
+        await self._deliver(rows)
 
     async def drain(self, max_wait: float) -> bool:
         """Wait (at most ``max_wait`` seconds) until this sink's outbox is empty; True if it is."""

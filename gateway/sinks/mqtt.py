@@ -8,6 +8,8 @@ not a delivery. aiomqtt 2.5 resolves ``publish`` on any PUBACK, so it is not use
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import socket
 from collections.abc import Sequence
 from typing import Any, Literal
 
@@ -70,21 +72,30 @@ class MqttSinkConfig(StrictModel):
 
 
 class _Round:
-    """The outcomes of one published batch; ``done`` resolves when none is left open."""
+    """The outcomes of one published batch; ``done`` resolves when none is left open (or
+    at the ack timeout, the open ones unconfirmed)."""
 
-    __slots__ = ("done", "left", "outcomes")
+    __slots__ = ("done", "left", "outcomes", "timer")
 
-    def __init__(self, n: int, done: asyncio.Future[None]) -> None:
+    def __init__(self, n: int, done: asyncio.Future[list[Outcome]]) -> None:
         self.outcomes: list[Outcome | None] = [None] * n
         self.left = n
         self.done = done
+        self.timer: asyncio.TimerHandle | None = None
 
     def settle(self, index: int, outcome: Outcome) -> None:
         if self.outcomes[index] is None:
             self.outcomes[index] = outcome
             self.left -= 1
-            if not self.left and not self.done.done():
-                self.done.set_result(None)
+            if not self.left:
+                self.finish()
+
+    def finish(self) -> None:
+        if self.timer is not None:
+            self.timer.cancel()
+            self.timer = None
+        if not self.done.done():
+            self.done.set_result([o or Outcome.UNCONFIRMED for o in self.outcomes])
 
 
 class MqttPublisher:
@@ -111,8 +122,12 @@ class MqttPublisher:
         client.max_inflight_messages_set(cfg.max_inflight)
         connack: asyncio.Future[ReasonCode] = asyncio.get_running_loop().create_future()
 
-        def on_connect(_c: mqtt.Client, _u: Any, _f: Any, rc: ReasonCode, props: Any) -> None:
+        def on_connect(c: mqtt.Client, _u: Any, _f: Any, rc: ReasonCode, props: Any) -> None:
             self.broker_max_packet = getattr(props, "MaximumPacketSize", None)
+            # paho ignores the broker's Receive Maximum (exceeding it is a protocol error) and
+            # refuses a new limit once connected; nothing is in flight yet on a new client
+            if receive := getattr(props, "ReceiveMaximum", None):
+                c._max_inflight_messages = min(cfg.max_inflight, receive)
             if not connack.done():
                 connack.set_result(rc)
 
@@ -130,6 +145,7 @@ class MqttPublisher:
         self._driver = driver
         try:
             await driver.connect(b.host, b.port, b.keepalive, clean_start=True)
+            _no_delay(client.socket())
             await asyncio.wait(
                 (connack, driver.lost), timeout=cfg.ack_timeout, return_when=asyncio.FIRST_COMPLETED
             )
@@ -183,13 +199,15 @@ class MqttPublisher:
     def connected(self) -> bool:
         return self._driver is not None and not self._driver.lost.done()
 
-    async def publish(self, rows: Sequence[OutboxRow]) -> list[Outcome]:
-        """Publish in order; one outcome per row."""
+    def send(self, rows: Sequence[OutboxRow]) -> asyncio.Future[list[Outcome]]:
+        """Publish in order, after every earlier round; the future gives one outcome per row
+        (those without a PUBACK within ``ack_timeout`` are unconfirmed)."""
         driver = self._driver
         if driver is None or driver.lost.done():
             raise SinkError("not connected")
+        loop = asyncio.get_running_loop()
         client, retain = driver.client, self._config.retain
-        round_ = _Round(len(rows), asyncio.get_running_loop().create_future())
+        round_ = _Round(len(rows), loop.create_future())
         publish = client.publish
         queued = (MQTTErrorCode.MQTT_ERR_SUCCESS, MQTTErrorCode.MQTT_ERR_NO_CONN)
         for index, r in enumerate(rows):
@@ -207,10 +225,22 @@ class MqttPublisher:
             # written, so a round of them completes without waiting for the loop to come back.
             driver.write()
         if round_.left:
-            await asyncio.wait((round_.done,), timeout=self._config.ack_timeout)
-            if round_.left:  # no PUBACK in time (or not written): those stay unconfirmed
-                for mid in [m for m, (r, _) in self._pending.items() if r is round_]:
-                    del self._pending[mid]
-                self._unwritten = [u for u in self._unwritten if u[0] is not round_]
-        round_.done.cancel()
-        return [o or Outcome.UNCONFIRMED for o in round_.outcomes]
+            round_.timer = loop.call_later(self._config.ack_timeout, self._expire, round_)
+        return round_.done
+
+    def _expire(self, round_: _Round) -> None:
+        """No PUBACK in time (or not written): what is still open stays unconfirmed."""
+        round_.timer = None
+        for mid in [m for m, (r, _) in self._pending.items() if r is round_]:
+            del self._pending[mid]
+        self._unwritten = [u for u in self._unwritten if u[0] is not round_]
+        round_.finish()
+
+
+def _no_delay(sock: Any) -> None:
+    """Send each write at once (no Nagle): the last PUBLISH of a burst must not wait for the
+    broker's delayed ACK, up to 40 ms on Linux."""
+    if sock is None:
+        return
+    with contextlib.suppress(OSError, AttributeError):
+        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)

@@ -41,7 +41,10 @@ class Upstream:
     async def close(self) -> None:
         self._connected = False
 
-    async def publish(self, rows: Sequence[OutboxRow]) -> list[Outcome]:
+    def send(self, rows: Sequence[OutboxRow]) -> asyncio.Future[list[Outcome]]:
+        return asyncio.ensure_future(self.publish(list(rows)))
+
+    async def publish(self, rows: list[OutboxRow]) -> list[Outcome]:
         if self.hold is not None:
             self.holding.set()
             await self.hold.wait()
