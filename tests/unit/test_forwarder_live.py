@@ -160,3 +160,187 @@ async def test_rows_the_overflow_policy_drops_while_live_are_not_sent(store: Sto
         upstream.hold.set()
         assert await forwarder.drain(5)
     assert upstream.sent == ["first", "held", *(f"r{i}" for i in range(10, 60))]
+
+
+# ------------------------------------------------------------------ pipelined rounds
+
+
+class Broker:
+    """A publisher whose PUBACKs the test gives: each round waits until answered."""
+
+    broker_max_packet: int | None = None
+
+    def __init__(self) -> None:
+        self.rounds: list[tuple[list[str], asyncio.Future[list[Outcome]]]] = []
+        self.sent = asyncio.Event()
+        self.connected = False
+
+    async def connect(self) -> None:
+        self.connected = True
+
+    async def close(self) -> None:  # like the MQTT publisher: what is open is unconfirmed
+        self.connected = False
+        for rows, future in self.rounds:
+            if not future.done():
+                future.set_result([Outcome.UNCONFIRMED] * len(rows))
+
+    def send(self, rows: Sequence[OutboxRow]) -> asyncio.Future[list[Outcome]]:
+        future: asyncio.Future[list[Outcome]] = asyncio.get_running_loop().create_future()
+        self.rounds.append(([r.msg_id for r in rows], future))
+        self.sent.set()
+        return future
+
+    async def round(self, n: int) -> list[str]:
+        """The ``n``-th round sent (0-based), once it is."""
+        async with asyncio.timeout(10):
+            while len(self.rounds) <= n:
+                self.sent.clear()
+                await self.sent.wait()
+        return self.rounds[n][0]
+
+    def answer(self, n: int, outcomes: dict[str, Outcome] | None = None) -> None:
+        """PUBACK every row of round ``n``: success unless ``outcomes`` says otherwise."""
+        rows, future = self.rounds[n]
+        future.set_result([(outcomes or {}).get(r, Outcome.ACKED) for r in rows])
+
+    def published(self) -> list[str]:
+        return [r for rows, _ in self.rounds for r in rows]
+
+
+@contextlib.asynccontextmanager
+async def pipelined(
+    store: Store, broker: Broker, counters: Counters, batch: int = 3, window: int = 6
+) -> AsyncIterator[Forwarder]:
+    forwarder = Forwarder(
+        "up",
+        store,
+        broker,
+        counters,
+        batch=batch,
+        window=window,
+        backoff=Backoff(0.001, 0.002),
+        breaker_failures=100,
+        breaker_cooldown=0.01,
+        max_attempts=2,
+    )
+    task = asyncio.create_task(forwarder.run())
+    try:
+        yield forwarder
+    finally:
+        task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await task
+        await forwarder.close()
+
+
+async def spin() -> None:
+    """Let every task run until it waits on something outside the loop's ready queue."""
+    for _ in range(50):
+        await asyncio.sleep(0)
+
+
+async def outbox(store: Store) -> list[str]:
+    await store.flush()
+    return [r["msg_id"] for r in await store.query("SELECT msg_id FROM outbox ORDER BY id")]
+
+
+async def test_rounds_go_out_before_earlier_ones_are_acknowledged_up_to_the_window(
+    store: Store,
+) -> None:
+    broker, counters = Broker(), Counters()
+    async with pipelined(store, broker, counters, batch=3, window=6) as forwarder:
+        add(store, "r1", "r2", "r3")
+        assert await broker.round(0) == ["r1", "r2", "r3"]
+        add(store, "r4", "r5", "r6")
+        assert await broker.round(1) == ["r4", "r5", "r6"]  # round 0 still unanswered
+        add(store, "r7")
+        await store.flush()
+        await spin()
+        assert len(broker.rounds) == 2  # 6 rows in flight: the window is full
+        assert await outbox(store) == [f"r{i}" for i in range(1, 8)]  # nothing acked yet
+        broker.answer(0)
+        assert await broker.round(2) == ["r7"]
+        broker.answer(1)
+        broker.answer(2)
+        assert await forwarder.drain(5)
+    assert broker.published() == [f"r{i}" for i in range(1, 8)]
+    assert (counters.get("up", "published"), counters.get("up", "acked")) == (7, 7)
+    assert await store.outbox_depth("up") == 0
+
+
+async def test_a_refusal_lets_later_rounds_deliver_and_retries_the_culprit_alone(
+    store: Store,
+) -> None:
+    broker, counters = Broker(), Counters()
+    async with pipelined(store, broker, counters) as forwarder:
+        add(store, "r1", "r2", "r3")
+        await broker.round(0)
+        add(store, "r4", "r5", "r6")
+        await broker.round(1)
+        broker.answer(0, {"r2": Outcome.REFUSED})
+        await spin()
+        assert len(broker.rounds) == 2  # the pipeline stopped: round 1 is waited for
+        broker.answer(1)
+        assert await broker.round(2) == ["r2"]  # alone, after the backoff
+        assert await outbox(store) == ["r2"]  # the acked rows of both rounds are gone
+        broker.answer(2, {"r2": Outcome.REFUSED})  # its second refusal: max_attempts 2
+        assert await forwarder.drain(5)
+    assert broker.published() == ["r1", "r2", "r3", "r4", "r5", "r6", "r2"]
+    assert [counters.get("up", k) for k in ("published", "acked", "refused", "retries")] == [
+        7,
+        5,
+        2,
+        1,
+    ]
+    assert counters.get("up", "dead_undeliverable") == 1
+    dead = await store.query("SELECT detail FROM dead_letters")
+    assert [d["detail"] for d in dead] == ["r2 on t after 1 attempts"]
+
+
+async def test_a_dropped_connection_charges_only_the_oldest_unconfirmed_row(
+    store: Store,
+) -> None:
+    broker, counters = Broker(), Counters()
+    async with pipelined(store, broker, counters) as forwarder:
+        add(store, "r1", "r2", "r3")
+        await broker.round(0)
+        add(store, "r4", "r5", "r6")
+        await broker.round(1)
+        broker.answer(0, {"r3": Outcome.UNCONFIRMED})  # the connection dropped after r2
+        retry = await broker.round(2)
+        assert retry == ["r3"]  # the suspect, alone; round 1 was failed by the close
+        attempts = await store.query("SELECT msg_id, attempts FROM outbox ORDER BY id")
+        assert attempts == [
+            {"msg_id": "r3", "attempts": 1},
+            {"msg_id": "r4", "attempts": 0},
+            {"msg_id": "r5", "attempts": 0},
+            {"msg_id": "r6", "attempts": 0},
+        ]
+        broker.answer(2)
+        assert await broker.round(3) == ["r4", "r5", "r6"]
+        broker.answer(3)
+        assert await forwarder.drain(5)
+    assert broker.published() == ["r1", "r2", "r3", "r4", "r5", "r6", "r3", "r4", "r5", "r6"]
+    assert [counters.get("up", k) for k in ("published", "acked", "retries", "failures")] == [
+        10,
+        6,
+        4,
+        1,
+    ]
+    assert await store.outbox_depth("up") == 0
+
+
+async def test_catching_up_reads_past_the_rows_in_flight(store: Store) -> None:
+    add(store, *(f"old{i}" for i in range(7)))
+    await store.flush()
+    broker, counters = Broker(), Counters()
+    async with pipelined(store, broker, counters, batch=3, window=6) as forwarder:
+        assert await broker.round(0) == ["old0", "old1", "old2"]
+        assert await broker.round(1) == ["old3", "old4", "old5"]  # not old0 again
+        broker.answer(0)
+        assert await broker.round(2) == ["old6"]
+        broker.answer(1)
+        broker.answer(2)
+        assert await forwarder.drain(5)
+    assert broker.published() == [f"old{i}" for i in range(7)]
+    assert counters.get("up", "retries") == 0
