@@ -326,7 +326,7 @@ class _KeyClock:
         self.flushed_until = math.inf
         """Once ``newest`` reaches this, the watermark covers every flushed window."""
         self.due = math.inf
-        """Processing time of this key's entry in the deadline heap (``inf``: none)."""
+        """The deadline this key is entered at (``inf``: none)."""
 
 
 def event_window(
@@ -350,7 +350,7 @@ def event_window(
     the newest reading came). So a live device's window leaves as its ``end + lateness`` comes,
     not when its next reading happens to arrive, and an idle key's last window still comes
     out. One timer on the step's scheduler serves all keys: it is armed for the earliest such
-    deadline (a heap with one entry per key with open windows), and costs nothing per reading
+    deadline (a heap of deadlines, each with the keys due then), and costs nothing per reading
     beyond comparing the key's deadline. Deadlines are kept on the clock the timers run by
     (monotonic, live), so setting the wall clock moves none of them.
 
@@ -387,15 +387,18 @@ def event_window(
     pipeline, step = ctx.pipeline, ctx.step
     clock_now = timer_clock(scheduler)
     floor, isfinite, heappush, heappop = math.floor, math.isfinite, heapq.heappush, heapq.heappop
-    inf = math.inf
+    inf, tolerance = math.inf, DUE_TOLERANCE_S
 
     def operator(source: Observable[Record]) -> Observable[Record]:
         def subscribe(
             observer: abc.ObserverBase[Record], scheduler_: abc.SchedulerBase | None = None
         ) -> abc.DisposableBase:
             clocks: dict[tuple[str, str], _KeyClock] = {}
-            deadlines: list[tuple[float, tuple[str, str]]] = []
-            """Heap of (due, key): the processing time a key's oldest window closes by."""
+            dues: list[float] = []
+            """Heap of the distinct deadlines: processing times some key's oldest window
+            closes by (all keys whose windows end together share one, in a replay)."""
+            waiting: dict[float, list[tuple[str, str]]] = {}
+            """The keys of each deadline, in the order they were entered."""
             armed = inf
             """Processing time the timer is set for (``inf``: not set)."""
             timer = SerialDisposable()
@@ -452,15 +455,24 @@ def event_window(
             def arm() -> None:
                 """Set the timer for the earliest deadline, if that is earlier than it is set."""
                 nonlocal armed
-                if deadlines and deadlines[0][0] < armed:
-                    due = armed = deadlines[0][0]
+                if dues and dues[0] < armed:
+                    due = armed = dues[0]
                     delay = max(due - clock_now(), 0.0)
                     timer.disposable = scheduler.schedule_relative(delay, on_due, due)
 
-            def expect(key: tuple[str, str], clock: _KeyClock, due: float) -> None:
-                """Enter ``key`` in the deadline heap at ``due`` (its older entry goes stale)."""
+            def enter(key: tuple[str, str], clock: _KeyClock, due: float) -> None:
+                """Enter ``key`` at ``due`` (an older entry of it goes stale)."""
                 clock.due = due
-                heappush(deadlines, (due, key))
+                keys = waiting.get(due)
+                if keys is None:
+                    waiting[due] = [key]
+                    heappush(dues, due)
+                else:
+                    keys.append(key)
+
+            def expect(key: tuple[str, str], clock: _KeyClock, due: float) -> None:
+                """:func:`enter`, and set the timer earlier if this is the earliest deadline."""
+                enter(key, clock, due)
                 if due < armed:
                     arm()
 
@@ -509,8 +521,8 @@ def event_window(
                     closes = clock.starts[0] + close_after
                     if closes <= newest:
                         close(device, metric, clock, newest)
-                        # the key's deadline entry is now early: it re-enters when it comes due
-                    elif (due := clock.arrival + (closes - newest)) < clock.due - DUE_TOLERANCE_S:
+                        closes = clock.starts[0] + close_after  # this reading's window is open
+                    if (due := clock.arrival + (closes - newest)) < clock.due - tolerance:
                         expect(key, clock, due)
                 except Exception:  # the per-item boundary: count, drop, carry on
                     counters.inc(component, "error")
@@ -522,25 +534,31 @@ def event_window(
                 # never before the deadline it was set for (a timer may run a hair early)
                 now = max(clock_now(), target if target is not None else -inf)
                 due_now: list[tuple[str, str, float, Accumulator]] = []
-                while deadlines and deadlines[0][0] <= now:
-                    entry_due, key = heappop(deadlines)
-                    clock = clocks[key]
-                    if entry_due != clock.due:  # replaced by an earlier entry, already served
-                        continue
-                    clock.due = inf
-                    starts = clock.starts
-                    arrival, newest = clock.arrival, clock.newest
-                    emitted: list[float] = []
-                    while starts and arrival + (starts[0] + close_after - newest) <= now:
-                        start = heappop(starts)
-                        due_now.append((key[0], key[1], start, clock.windows.pop(start)))
-                        emitted.append(start)
-                    if emitted:
-                        clock.flushed = clock.flushed.union(emitted)
-                        clock.flushed_until = max(clock.flushed) + close_after
-                    if starts:
-                        due = clock.due = arrival + (starts[0] + close_after - newest)
-                        heappush(deadlines, (due, key))
+                append = due_now.append
+                while dues and dues[0] <= now:
+                    due = heappop(dues)
+                    for key in waiting.pop(due):
+                        clock = clocks[key]
+                        if clock.due != due:  # entered again since, at an earlier deadline
+                            continue
+                        clock.due = inf
+                        starts, windows = clock.starts, clock.windows
+                        arrival, newest = clock.arrival, clock.newest
+                        device, metric = key
+                        emitted: list[float] = []
+                        while starts and arrival + (starts[0] + close_after - newest) <= now:
+                            start = heappop(starts)
+                            append((device, metric, start, windows.pop(start)))
+                            emitted.append(start)
+                        if emitted:  # starts came out in order: the last closes last
+                            until = emitted[-1] + close_after
+                            if clock.flushed:
+                                clock.flushed = clock.flushed.union(emitted)
+                                clock.flushed_until = max(clock.flushed_until, until)
+                            else:
+                                clock.flushed, clock.flushed_until = frozenset(emitted), until
+                        if starts:
+                            enter(key, clock, arrival + (starts[0] + close_after - newest))
                 arm()
                 if due_now:
                     idle = not backlog
