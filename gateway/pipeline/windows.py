@@ -493,12 +493,16 @@ def event_window(
                     newest = clock.newest
                     if ts > newest:
                         clock.newest = newest = ts
-                        clock.arrival = clock_now()
+                        arrival = clock.arrival = clock_now()
                         if ts >= clock.flushed_until:  # the watermark now covers them all
                             clock.flushed, clock.flushed_until = NOTHING_FLUSHED, inf
+                    else:
+                        arrival = clock.arrival
                     if tumbling:
                         start = floor(ts / size) * size
-                        if start + close_after <= newest or start in clock.flushed:
+                        if start + close_after <= newest or (
+                            clock.flushed and start in clock.flushed
+                        ):
                             late(item, clock)
                             return
                         acc = clock.windows.get(start)  # add(), inlined for the usual case
@@ -522,7 +526,7 @@ def event_window(
                     if closes <= newest:
                         close(device, metric, clock, newest)
                         closes = clock.starts[0] + close_after  # this reading's window is open
-                    if (due := clock.arrival + (closes - newest)) < clock.due - tolerance:
+                    if (due := arrival + (closes - newest)) < clock.due - tolerance:
                         expect(key, clock, due)
                 except Exception:  # the per-item boundary: count, drop, carry on
                     counters.inc(component, "error")
@@ -557,8 +561,14 @@ def event_window(
                                 clock.flushed_until = max(clock.flushed_until, until)
                             else:
                                 clock.flushed, clock.flushed_until = frozenset(emitted), until
-                        if starts:
-                            enter(key, clock, arrival + (starts[0] + close_after - newest))
+                        if starts:  # enter(), inlined
+                            next_due = clock.due = arrival + (starts[0] + close_after - newest)
+                            keys = waiting.get(next_due)
+                            if keys is None:
+                                waiting[next_due] = [key]
+                                heappush(dues, next_due)
+                            else:
+                                keys.append(key)
                 arm()
                 if due_now:
                     idle = not backlog
