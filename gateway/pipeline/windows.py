@@ -369,13 +369,14 @@ def event_window(
         A = [0, 10) count 3 (emitted when 12 arrives: watermark 10); L = 8:6 is late;
         B = [10, 20) emitted when 25 arrives; C = [20, 30) flushed at completion.
 
-    The same readings one per second of processing time, from time 0 (``ts`` = arrival)::
+    A device stamping ``ts`` with the gateway's clock, then falling silent::
 
-        -0:1-3:2-...-9:3-11:4-|(idle)
-        ----------------------------A--B
-                             12 ^  22 ^
+        processing time:  0    3    9    11   12                   22
+        input:           -0:1-3:2--9:3--11:4-----------------------------
+        output:          ---------------------A--------------------B-----
 
-        A = [0, 10) at 12, B = [10, 20) at 22: each when its end + lateness comes round.
+        A = [0, 10) at 12, B = [10, 20) at 22: each as its end + lateness comes round,
+        with no further reading.
     """
     slide_s = size if slide is None else slide
     names = tuple(aggregates)
