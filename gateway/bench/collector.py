@@ -25,7 +25,7 @@ THINGSBOARD_TELEMETRY = b"v1/gateway/telemetry"
 class Collector:
     """Counts messages, records latencies while ``recording``, sums aggregate counts."""
 
-    def __init__(self, host: str, port: int, lateness: float = 2.0) -> None:
+    def __init__(self, host: str, port: int) -> None:
         self.received = 0
         self.progress = 0
         """The last count a parse-only ceiling reported on ``PROGRESS_TOPIC``."""
@@ -36,8 +36,8 @@ class Collector:
         """Readings in ThingsBoard gateway telemetry (``{device: [{ts, values}, ...]}``)."""
         self.recording = False
         self.latencies: list[float] = []
-        self.aggregate_latencies: list[float] = []
-        self._lateness = lateness
+        self.aggregate_arrivals: list[tuple[float, float]] = []
+        """``(window end, arrival time)`` of each aggregate received while ``recording``."""
         self._conn = wire.Connection(host, port, f"bench-collector-{os.getpid()}")
         self._conn.subscribe("#", 0)
         self._thread = threading.Thread(target=self._run, daemon=True, name="collector")
@@ -67,9 +67,8 @@ class Collector:
                         doc = loads(payload)
                         if doc.get("kind") == "aggregate":
                             self.aggregated += int(doc["count"])
-                            if self.recording:
-                                closed = float(doc["end"]) + self._lateness
-                                self.aggregate_latencies.append(t - closed)
+                            if self.recording and len(self.aggregate_arrivals) < MAX_SAMPLES:
+                                self.aggregate_arrivals.append((float(doc["end"]), t))
                         else:
                             self.alerts += 1
                     elif self.recording and len(self.latencies) < MAX_SAMPLES:
@@ -85,7 +84,7 @@ class Collector:
 
     def reset_latencies(self) -> None:
         self.latencies = []
-        self.aggregate_latencies = []
+        self.aggregate_arrivals = []
 
     def close(self) -> None:
         self._conn.close()

@@ -12,6 +12,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import json
+import math
 import os
 import sqlite3
 import subprocess
@@ -48,6 +49,10 @@ SOAK_SAMPLE_S = 1.0
 """The soak sends a second's worth of readings, then samples RSS."""
 SOAK_BACKLOG_EVERY = 10
 """... and every 10 samples, how many readings are not stored yet (a count over SQLite)."""
+AGGREGATE_WINDOWS = 3
+"""Window closings of all devices whose aggregates' latency is measured (3,000 at 1,000)."""
+AGGREGATE_WAIT_S = 10.0
+"""How long after the load the last of those aggregates may take to arrive."""
 ANOMALY_EXAMPLE = Path(__file__).resolve().parents[2] / "config" / "examples" / "anomaly.yaml"
 
 
@@ -156,7 +161,7 @@ class Bench:
         self.say = log
         self.local = Broker(workdir, "local")
         self.upstream = Broker(workdir, "upstream")
-        self.collector = Collector("127.0.0.1", self.upstream.port, profile.lateness_s)
+        self.collector = Collector("127.0.0.1", self.upstream.port)
         self.seq = 0
         self.results: dict[str, Result] = {}
         self.unavailable: dict[str, str] = {}
@@ -243,34 +248,74 @@ class Bench:
             result.cpu_pct_at_max = round(lo.cpu_pct, 1)
 
     def latency(
-        self,
-        system: System,
-        load: Load,
-        result: Result,
-        seconds: float,
-        aggregates: bool,
-        rate: float | None = None,
+        self, system: System, load: Load, result: Result, seconds: float, rate: float | None = None
     ) -> None:
         c = self.collector
         c.reset_latencies()
         c.recording = True
         rate = rate or self.p.latency_rate
         step = self._deliver(system, load, rate, int(rate * seconds))
-        if aggregates:
-            time.sleep(0.3)
         c.recording = False
-        samples = c.aggregate_latencies if aggregates else c.latencies
+        samples = c.latencies
         result.p50_ms = _round(_percentile(samples, 50))
         result.p99_ms = _round(_percentile(samples, 99))
         result.cpu_pct = round(step.cpu_pct, 1)
         result.latency_rate = rate
         if not step.ok:
             result.notes.append(f"lost or late readings at the latency rate {rate:.0f}/s")
-        if aggregates:
-            result.notes.append(
-                f"latency at {rate:.0f}/s: aggregate arrival - (window end + lateness), "
-                f"{len(samples)} aggregates"
-            )
+
+    def aggregate_latency(self, system: System, load: Load, result: Result, rate: float) -> None:
+        """How long after its window closed (``end + lateness`` by the devices' clock, which
+        is this machine's) each aggregate arrived upstream, at a steady ``rate``.
+
+        Counted: every device's aggregate of the ``AGGREGATE_WINDOWS`` windows that closed
+        while all devices kept sending (each window began at least two rounds of all devices
+        after the load started, and closed at least a second before it stopped). After the
+        load the wait lasts until all of them arrived (or ``AGGREGATE_WAIT_S``), so neither
+        windows an earlier step left open nor a cut-off tail skews the figures.
+        """
+        p, c = self.p, self.collector
+        devices = load.devices
+        # every device sends in every window (a smoke test's low rate gets fewer devices)
+        load.devices = max(1, min(devices, int(rate * p.window_s / 4)))
+        round_s = load.devices / rate
+        seconds = AGGREGATE_WINDOWS * p.window_s + p.lateness_s + 2 * round_s + 1.5
+        c.reset_latencies()
+        c.recording = True
+        t0 = time.time()
+        try:
+            step = self._deliver(system, load, rate, int(rate * seconds))
+        finally:
+            load.devices, n_devices = devices, load.devices
+        t_end = t0 + step.sent / max(step.achieved, 1e-9)
+        first = math.ceil((t0 + 2 * round_s) / p.window_s)
+        ends = {
+            k * p.window_s
+            for k in range(first, first + AGGREGATE_WINDOWS)
+            if k * p.window_s + p.lateness_s + 1.0 <= t_end
+        }
+        expected = n_devices * len(ends)
+
+        def counted() -> list[tuple[float, float]]:
+            return [(end, t) for end, t in c.aggregate_arrivals if end in ends]
+
+        deadline = time.monotonic() + AGGREGATE_WAIT_S
+        while len(counted()) < expected and time.monotonic() < deadline:
+            time.sleep(0.05)
+        c.recording = False
+        samples = [t - (end + p.lateness_s) for end, t in counted()]
+        result.p50_ms = _round(_percentile(samples, 50))
+        result.p99_ms = _round(_percentile(samples, 99))
+        result.cpu_pct = round(step.cpu_pct, 1)
+        result.latency_rate = rate
+        if not step.ok:
+            result.notes.append(f"lost or late readings at the latency rate {rate:.0f}/s")
+        worst = f", max {max(samples) * 1000:.1f} ms" if samples else ""
+        result.notes.append(
+            f"latency at {rate:.0f}/s: aggregate arrival - (window end + lateness), "
+            f"{len(samples)} of {expected} aggregates ({n_devices} devices x {len(ends)} "
+            f"windows that closed under load){worst}"
+        )
 
     @contextmanager
     def _scenario(self, name: str, kind: str) -> Iterator[Result]:
@@ -299,7 +344,7 @@ class Bench:
                 load = Load(publisher)
                 self.ramp(system, load, result)
                 if mode == "forward":
-                    self.latency(system, load, result, self.p.latency_s, aggregates=False)
+                    self.latency(system, load, result, self.p.latency_s)
                 else:
                     result.cpu_pct = self._cpu_at(system, load)
                 self._finish(system, result)
@@ -380,7 +425,7 @@ class Bench:
         try:
             load = Load(publisher)
             self.ramp(system, load, result)
-            self.latency(system, load, result, self.p.latency_s, aggregates=False)
+            self.latency(system, load, result, self.p.latency_s)
             self._latency_below_max(system, load, result)
             self._finish(system, result)
         finally:
@@ -480,10 +525,9 @@ class Bench:
                 if extended:
                     # Aggregates: their delay after the window closed, at a rate the gateway
                     # sustains (beyond it, the delay is that of a growing backlog).
-                    seconds = self.p.window_s + self.p.lateness_s + 1.5
                     rate = min(self.p.latency_rate, 0.8 * (result.readings_per_s or 1000))
                     self._settle(system)
-                    self.latency(system, load, result, seconds, aggregates=True, rate=rate)
+                    self.aggregate_latency(system, load, result, rate)
                     load.devices = self.p.rss_devices
                     rate = min(self.p.latency_rate * 2, result.readings_per_s or 1000)
                     self._deliver(system, load, rate, self.p.rss_devices * 2)

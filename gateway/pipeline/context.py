@@ -61,6 +61,27 @@ def epoch_clock(scheduler: abc.SchedulerBase) -> Callable[[], float]:
     return lambda: scheduler.now.timestamp()
 
 
+@runtime_checkable
+class TimerClock(Protocol):
+    """A scheduler whose timers run by a clock other than the time it tells (``now``)."""
+
+    def timer_now(self) -> float: ...
+
+
+def timer_clock(scheduler: abc.SchedulerBase) -> Callable[[], float]:
+    """Seconds on the clock ``scheduler``'s timers run by, for deadlines a step keeps itself.
+
+    On a live scheduler that is the monotonic clock (asyncio's ``loop.time()``): setting the
+    wall clock (NTP stepping it at boot, an operator) moves no such deadline. On a virtual
+    scheduler it is the virtual time, the same as :func:`epoch_clock`.
+    """
+    if isinstance(scheduler, TimerClock):
+        return scheduler.timer_now
+    if type(scheduler).now is _WALL_CLOCK:
+        return time.monotonic
+    return epoch_clock(scheduler)
+
+
 def epoch_seconds(scheduler: abc.SchedulerBase) -> float:
     """The scheduler's current time as UTC epoch seconds (the ``Reading.ts`` convention).
 

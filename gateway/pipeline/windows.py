@@ -2,13 +2,19 @@
 
 Windows are ``[start, start + size)`` with ``start`` a multiple of ``slide`` (epoch aligned);
 ``slide == size`` gives tumbling windows, ``slide < size`` sliding ones, and a reading joins
-every window that contains its ``ts``. A window closes when processing time reaches
-``end + lateness``: a periodic tick on the step's scheduler (every ``min(slide, 1 s)``) emits
-and forgets closed windows, and is also the clock readings are judged by (a reading whose
-windows have all closed is ``late``). So a window is open exactly until the tick that closes
-it, whatever the order of readings and ticks. Ticks are aligned to the closing times (epoch
-multiples of the period, shifted by ``(size + lateness) mod period``), so a window closes on
-time rather than up to a period late, and the phase does not drift over a long run.
+every window that contains its ``ts``.
+
+``window`` (processing time): a window closes when processing time reaches ``end +
+lateness``: a periodic tick on the step's scheduler (at most a second apart, with a period
+that divides ``slide``) emits and forgets closed windows, and is also the clock readings are
+judged by (a reading whose windows have all closed is ``late``). So a window is open exactly
+until the tick that closes it, whatever the order of readings and ticks. Ticks are aligned to
+the closing times (epoch multiples of the period, shifted by ``(size + lateness) mod
+period``), so a window closes on time rather than up to a period late, and the phase does
+not drift over a long run.
+
+``event_window`` (event time, the default): each device+metric closes its windows by its own
+watermark, and by a deadline timer between its readings; see there.
 """
 
 from __future__ import annotations
@@ -17,14 +23,19 @@ import heapq
 import math
 import random
 import re
+from collections import deque
 from collections.abc import Callable, Sequence
 from typing import Any
 
 from reactivex import Observable, abc
-from reactivex.disposable import CompositeDisposable, MultipleAssignmentDisposable
+from reactivex.disposable import (
+    CompositeDisposable,
+    MultipleAssignmentDisposable,
+    SerialDisposable,
+)
 
 from gateway.model import Aggregate, Message, Reading, Record
-from gateway.pipeline.context import Operator, StepContext, epoch_clock, epoch_seconds, every
+from gateway.pipeline.context import Operator, StepContext, epoch_seconds, timer_clock
 
 BASIC_STATS = ("count", "sum", "mean", "min", "max", "first", "last", "stddev")
 PERCENTILE = re.compile(r"^p(100|\d{1,2}(?:\.\d+)?)$")
@@ -126,27 +137,40 @@ class Accumulator:
         return out
 
 
+TICK_SLACK_S = 1e-6
+"""A tick closes the windows due within this after it: float rounding of the tick time
+(``k * period + offset``) must not leave a window open until the next tick."""
+
+
+def tick_period(slide: float) -> float:
+    """The longest period of at most a second that divides ``slide``: ticks every period,
+    shifted to the closing times, fall on every window's close (``1.5 s`` -> ``0.75 s``)."""
+    return slide / math.ceil(slide) if slide > 1.0 else slide
+
+
 def aligned_ticks(
-    scheduler: abc.SchedulerBase, period: float, offset: float, action: Callable[[], None]
+    scheduler: abc.SchedulerBase, period: float, offset: float, action: Callable[[float], None]
 ) -> abc.DisposableBase:
-    """Run ``action`` at every epoch time ``k * period + offset`` until disposed.
+    """Run ``action(tick)`` at every epoch time ``tick = k * period + offset`` until disposed.
 
     Each tick schedules the next from the current time, so lateness of one timer never
     accumulates into a drift. Works on any scheduler, virtual time included.
     """
     disposable = MultipleAssignmentDisposable()
 
-    def delay() -> float:
+    def schedule_next(after: float) -> None:
         now = epoch_seconds(scheduler)
-        return (math.floor((now - offset) / period) + 1) * period + offset - now
+        target = (math.floor((max(now, after) - offset) / period) + 1) * period + offset
+        disposable.disposable = scheduler.schedule_relative(max(target - now, 0.0), tick, target)
 
-    def tick(_scheduler: abc.SchedulerBase, _state: Any = None) -> None:
+    def tick(_scheduler: abc.SchedulerBase, target: float | None) -> None:
         if disposable.is_disposed:
             return
-        disposable.disposable = scheduler.schedule_relative(delay(), tick)  # before: see every()
-        action()
+        when = target if target is not None else epoch_seconds(scheduler)
+        schedule_next(when)  # before: see every()
+        action(when)
 
-    disposable.disposable = scheduler.schedule_relative(delay(), tick)
+    schedule_next(-math.inf)
     return disposable
 
 
@@ -179,7 +203,7 @@ def window(
     spread = "stddev" in names
     close_after = size + lateness
     tumbling = slide_s == size
-    tick_period = min(slide_s, 1.0)
+    period = tick_period(slide_s)
     scheduler, counters, component = ctx.scheduler, ctx.counters, ctx.component
     pipeline, step = ctx.pipeline, ctx.step
 
@@ -247,9 +271,10 @@ def window(
                         )
                     )
 
-            def on_tick() -> None:
+            def on_tick(tick: float) -> None:
                 nonlocal now
-                now = epoch_seconds(scheduler)
+                # the tick's own time, should the clock read a hair earlier than its timer
+                now = max(epoch_seconds(scheduler), tick + TICK_SLACK_S)
                 close(now)
 
             def on_error(error: Exception) -> None:
@@ -261,7 +286,7 @@ def window(
                 close(math.inf)
                 observer.on_completed()
 
-            ticker = aligned_ticks(scheduler, tick_period, close_after % tick_period, on_tick)
+            ticker = aligned_ticks(scheduler, period, close_after % period, on_tick)
             subscription = source.subscribe(on_next, on_error, on_completed, scheduler=scheduler_)
             return CompositeDisposable(ticker, subscription)
 
@@ -271,24 +296,37 @@ def window(
 
 
 NOTHING_FLUSHED: frozenset[float] = frozenset()
+EMIT_CHUNK = 100
+"""Windows the deadline timer emits in one turn of the scheduler. Many keys close at once
+(every device's window shares its end) and each aggregate costs the router and the store some
+25 µs: in chunks, readings go on being taken and the first aggregates are committed and sent
+while later ones are still being made."""
+DUE_TOLERANCE_S = 0.001
+"""A key's closing deadline is moved earlier only when it moves by more than this: a window
+closes at most a millisecond after its deadline, and network jitter in each reading's arrival
+does not push a new timer entry per reading."""
 
 
 class _KeyClock:
     """Event-time progress of one (device, metric): its watermark and open windows."""
 
-    __slots__ = ("arrival", "flushed", "newest", "starts", "windows")
+    __slots__ = ("arrival", "due", "flushed", "flushed_until", "newest", "starts", "windows")
 
     def __init__(self) -> None:
         self.newest = -math.inf
         """Newest event time seen: the watermark is this minus the lateness."""
         self.arrival = 0.0
-        """Processing time at which ``newest`` was seen."""
+        """Processing time at which ``newest`` was seen (by ``timer_clock``: monotonic live)."""
         self.starts: list[float] = []
         """Heap of the starts of this key's open windows."""
         self.windows: dict[float, Accumulator] = {}
         """This key's open windows by start."""
         self.flushed: frozenset[float] = NOTHING_FLUSHED
         """Starts of windows emitted early because the key fell idle (not yet watermarked)."""
+        self.flushed_until = math.inf
+        """Once ``newest`` reaches this, the watermark covers every flushed window."""
+        self.due = math.inf
+        """The deadline this key is entered at (``inf``: none)."""
 
 
 def event_window(
@@ -305,14 +343,23 @@ def event_window(
     window ``[start, end)`` is emitted when its key's watermark passes ``end``, so the result
     depends only on each device's own readings, not on how devices interleave: a recording
     replayed at full speed gives the same aggregates as the same readings arriving live.
-    A key that falls idle has its open windows emitted once the processing time elapsed since
-    its newest reading would have carried its watermark past them (checked every ``slide``
-    clamped to 1..60 s), so its last window still comes out; its watermark itself does not
-    move, so a device that comes back with a backlog of older readings (store-and-forward)
-    has them counted in their own windows, except in the windows already emitted. A reading
-    older than its key's watermark allows, or for a window already emitted, is **late**: counted as
-    ``late`` and sent on as a ``late`` message (the side output: the router keeps it as a
-    dead letter and, with ``late_topic``, publishes it there).
+
+    Between two readings a key's event time is taken to run on with processing time: a window
+    is also emitted at the processing time its key's watermark would pass ``end`` if the key
+    went on sending in real time (``arrival + end + lateness - newest``, ``arrival`` being when
+    the newest reading came). So a live device's window leaves as its ``end + lateness`` comes,
+    not when its next reading happens to arrive, and an idle key's last window still comes
+    out. One timer on the step's scheduler serves all keys: it is armed for the earliest such
+    deadline (a heap of deadlines, each with the keys due then), and costs nothing per reading
+    beyond comparing the key's deadline. Deadlines are kept on the clock the timers run by
+    (monotonic, live), so setting the wall clock moves none of them.
+
+    The watermark itself does not move with the clock, so a device that comes back with a
+    backlog of older readings (store-and-forward) has them counted in their own windows,
+    except in the windows already emitted. A reading older than its key's watermark allows,
+    or for a window already emitted, is **late**: counted as ``late`` and sent on as a
+    ``late`` message (the side output: the router keeps it as a dead letter and, with
+    ``late_topic``, publishes it there).
 
     ``size=10, lateness=2``, readings shown as ``ts:value``::
 
@@ -321,6 +368,15 @@ def event_window(
 
         A = [0, 10) count 3 (emitted when 12 arrives: watermark 10); L = 8:6 is late;
         B = [10, 20) emitted when 25 arrives; C = [20, 30) flushed at completion.
+
+    A device stamping ``ts`` with the gateway's clock, then falling silent::
+
+        processing time:  0    3    9    11   12                   22
+        input:           -0:1-3:2--9:3--11:4-----------------------------
+        output:          ---------------------A--------------------B-----
+
+        A = [0, 10) at 12, B = [10, 20) at 22: each as its end + lateness comes round,
+        with no further reading.
     """
     slide_s = size if slide is None else slide
     names = tuple(aggregates)
@@ -328,17 +384,28 @@ def event_window(
     spread = "stddev" in names
     close_after = size + lateness
     tumbling = slide_s == size
-    tick_period = min(max(slide_s, 1.0), 60.0)
     scheduler, counters, component = ctx.scheduler, ctx.counters, ctx.component
     pipeline, step = ctx.pipeline, ctx.step
-    clock_now = epoch_clock(scheduler)
-    floor, isfinite, heappush = math.floor, math.isfinite, heapq.heappush
+    clock_now = timer_clock(scheduler)
+    floor, isfinite, heappush, heappop = math.floor, math.isfinite, heapq.heappush, heapq.heappop
+    inf, tolerance = math.inf, DUE_TOLERANCE_S
 
     def operator(source: Observable[Record]) -> Observable[Record]:
         def subscribe(
             observer: abc.ObserverBase[Record], scheduler_: abc.SchedulerBase | None = None
         ) -> abc.DisposableBase:
             clocks: dict[tuple[str, str], _KeyClock] = {}
+            dues: list[float] = []
+            """Heap of the distinct deadlines: processing times some key's oldest window
+            closes by (all keys whose windows end together share one, in a replay)."""
+            waiting: dict[float, list[tuple[str, str]]] = {}
+            """The keys of each deadline, in the order they were entered."""
+            armed = inf
+            """Processing time the timer is set for (``inf``: not set)."""
+            timer = SerialDisposable()
+            backlog: deque[tuple[str, str, float, Accumulator]] = deque()
+            """Windows closed by the timer, not emitted yet (released ``EMIT_CHUNK`` a turn)."""
+            releasing = SerialDisposable()
             rng = random.Random(0)
             emit = observer.on_next
 
@@ -349,21 +416,28 @@ def event_window(
                     heappush(clock.starts, start)
                 acc.add(value, rng)
 
+            def aggregate(device: str, metric: str, start: float, acc: Accumulator) -> None:
+                """Emit a closed window now, or after those the timer is still releasing."""
+                if backlog:
+                    backlog.append((device, metric, start, acc))
+                else:
+                    summarise(device, metric, start, acc)
+
+            def summarise(device: str, metric: str, start: float, acc: Accumulator) -> None:
+                try:
+                    stats = acc.stats(names)
+                except Exception:  # a window that cannot be summarised is dropped
+                    counters.inc(component, "error")
+                    return
+                emit(
+                    Aggregate(pipeline, step, device, metric, start, start + size, acc.count, stats)
+                )
+
             def close(device: str, metric: str, clock: _KeyClock, until: float) -> None:
                 starts, windows = clock.starts, clock.windows
                 while starts and starts[0] + close_after <= until:
-                    start = heapq.heappop(starts)
-                    acc = windows.pop(start)
-                    try:
-                        stats = acc.stats(names)
-                    except Exception:  # a window that cannot be summarised is dropped
-                        counters.inc(component, "error")
-                        continue
-                    emit(
-                        Aggregate(
-                            pipeline, step, device, metric, start, start + size, acc.count, stats
-                        )
-                    )
+                    start = heappop(starts)
+                    aggregate(device, metric, start, windows.pop(start))
 
             def late(item: Reading, clock: _KeyClock) -> None:
                 counters.inc(component, "late")
@@ -379,6 +453,30 @@ def event_window(
                     )
                 )
 
+            def arm() -> None:
+                """Set the timer for the earliest deadline, if that is earlier than it is set."""
+                nonlocal armed
+                if dues and dues[0] < armed:
+                    due = armed = dues[0]
+                    delay = max(due - clock_now(), 0.0)
+                    timer.disposable = scheduler.schedule_relative(delay, on_due, due)
+
+            def enter(key: tuple[str, str], clock: _KeyClock, due: float) -> None:
+                """Enter ``key`` at ``due`` (an older entry of it goes stale)."""
+                clock.due = due
+                keys = waiting.get(due)
+                if keys is None:
+                    waiting[due] = [key]
+                    heappush(dues, due)
+                else:
+                    keys.append(key)
+
+            def expect(key: tuple[str, str], clock: _KeyClock, due: float) -> None:
+                """:func:`enter`, and set the timer earlier if this is the earliest deadline."""
+                enter(key, clock, due)
+                if due < armed:
+                    arm()
+
             def on_next(item: Record) -> None:
                 if type(item) is not Reading:
                     emit(item)
@@ -389,20 +487,23 @@ def event_window(
                     if not isfinite(ts):
                         counters.inc(component, "error")
                         return
-                    clock = clocks.get((device, metric))
+                    key = (device, metric)
+                    clock = clocks.get(key)
                     if clock is None:
-                        clock = clocks[(device, metric)] = _KeyClock()
+                        clock = clocks[key] = _KeyClock()
                     newest = clock.newest
                     if ts > newest:
                         clock.newest = newest = ts
-                        clock.arrival = clock_now()
-                        if clock.flushed:  # the watermark now covers them
-                            clock.flushed = frozenset(
-                                s for s in clock.flushed if s + close_after > ts
-                            )
+                        arrival = clock.arrival = clock_now()
+                        if ts >= clock.flushed_until:  # the watermark now covers them all
+                            clock.flushed, clock.flushed_until = NOTHING_FLUSHED, inf
+                    else:
+                        arrival = clock.arrival
                     if tumbling:
                         start = floor(ts / size) * size
-                        if start + close_after <= newest or start in clock.flushed:
+                        if start + close_after <= newest or (
+                            clock.flushed and start in clock.flushed
+                        ):
                             late(item, clock)
                             return
                         acc = clock.windows.get(start)  # add(), inlined for the usual case
@@ -422,37 +523,85 @@ def event_window(
                         if not added:
                             late(item, clock)
                             return
-                    if clock.starts[0] + close_after <= newest:
+                    closes = clock.starts[0] + close_after
+                    if closes <= newest:
                         close(device, metric, clock, newest)
+                        closes = clock.starts[0] + close_after  # this reading's window is open
+                    if (due := arrival + (closes - newest)) < clock.due - tolerance:
+                        expect(key, clock, due)
                 except Exception:  # the per-item boundary: count, drop, carry on
                     counters.inc(component, "error")
 
-            def on_tick() -> None:
-                now = epoch_seconds(scheduler)
-                for (device, metric), clock in clocks.items():
-                    starts = clock.starts
-                    if not starts:
-                        continue
-                    until = clock.newest + (now - clock.arrival)
-                    if starts[0] + close_after <= until:
-                        clock.flushed = clock.flushed.union(
-                            s for s in starts if s + close_after <= until
-                        )
-                        close(device, metric, clock, until)
+            def on_due(_scheduler: abc.SchedulerBase, target: float | None) -> None:
+                """Emit the windows whose deadline has come; re-enter their keys' next ones."""
+                nonlocal armed
+                armed = inf
+                # never before the deadline it was set for (a timer may run a hair early)
+                now = max(clock_now(), target if target is not None else -inf)
+                due_now: list[tuple[str, str, float, Accumulator]] = []
+                append = due_now.append
+                while dues and dues[0] <= now:
+                    due = heappop(dues)
+                    for key in waiting.pop(due):
+                        clock = clocks[key]
+                        if clock.due != due:  # entered again since, at an earlier deadline
+                            continue
+                        clock.due = inf
+                        starts, windows = clock.starts, clock.windows
+                        arrival, newest = clock.arrival, clock.newest
+                        device, metric = key
+                        emitted: list[float] = []
+                        while starts and arrival + (starts[0] + close_after - newest) <= now:
+                            start = heappop(starts)
+                            append((device, metric, start, windows.pop(start)))
+                            emitted.append(start)
+                        if emitted:  # starts came out in order: the last closes last
+                            until = emitted[-1] + close_after
+                            if clock.flushed:
+                                clock.flushed = clock.flushed.union(emitted)
+                                clock.flushed_until = max(clock.flushed_until, until)
+                            else:
+                                clock.flushed, clock.flushed_until = frozenset(emitted), until
+                        if starts:  # enter(), inlined
+                            next_due = clock.due = arrival + (starts[0] + close_after - newest)
+                            keys = waiting.get(next_due)
+                            if keys is None:
+                                waiting[next_due] = [key]
+                                heappush(dues, next_due)
+                            else:
+                                keys.append(key)
+                arm()
+                if due_now:
+                    idle = not backlog
+                    backlog.extend(due_now)
+                    if idle:
+                        release()
+
+            def release(_scheduler: abc.SchedulerBase | None = None, _state: Any = None) -> None:
+                """Emit up to ``EMIT_CHUNK`` closed windows; the rest on the scheduler's next
+                turn, so readings and the store's commits go on in between."""
+                n = min(len(backlog), EMIT_CHUNK)
+                if len(backlog) > n:  # first: a failing downstream must not strand the rest
+                    releasing.disposable = scheduler.schedule(release)
+                for _ in range(n):
+                    summarise(*backlog.popleft())
 
             def on_error(error: Exception) -> None:
-                ticker.dispose()
+                timer.dispose()
+                releasing.dispose()
                 observer.on_error(error)
 
             def on_completed() -> None:
-                ticker.dispose()
+                timer.dispose()
+                releasing.dispose()
+                while backlog:
+                    summarise(*backlog.popleft())
                 for (device, metric), clock in clocks.items():
                     close(device, metric, clock, math.inf)
                 observer.on_completed()
 
-            ticker = every(scheduler, tick_period, on_tick)
             subscription = source.subscribe(on_next, on_error, on_completed, scheduler=scheduler_)
-            return CompositeDisposable(ticker, subscription)
+            return CompositeDisposable(timer, releasing, subscription)
 
         return Observable(subscribe)
 

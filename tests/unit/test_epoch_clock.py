@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import time
 from datetime import UTC, datetime
 
 import pytest
@@ -10,7 +11,7 @@ from reactivex.scheduler import HistoricalScheduler
 from reactivex.scheduler.eventloop import AsyncIOScheduler
 from reactivex.testing import TestScheduler
 
-from gateway.pipeline.context import epoch_clock, epoch_seconds
+from gateway.pipeline.context import epoch_clock, epoch_seconds, timer_clock
 from gateway.replay import ReplayScheduler
 
 
@@ -38,3 +39,19 @@ async def test_the_asyncio_scheduler_is_the_wall_clock() -> None:
     before = epoch_seconds(scheduler)
     now = epoch_clock(scheduler)()
     assert before <= now <= epoch_seconds(scheduler)
+
+
+async def test_deadlines_on_the_asyncio_scheduler_run_by_the_monotonic_clock() -> None:
+    """The clock asyncio's timers run by: setting the wall clock moves no deadline."""
+    scheduler = AsyncIOScheduler(asyncio.get_running_loop())
+    clock = timer_clock(scheduler)
+    assert clock is time.monotonic
+    assert abs(clock() - asyncio.get_running_loop().time()) < 1.0
+
+
+def test_deadlines_on_a_virtual_scheduler_run_by_its_virtual_time() -> None:
+    scheduler = ReplayScheduler(datetime.fromtimestamp(1_700_000_000.5, UTC))
+    assert timer_clock(scheduler)() == 1_700_000_000.5
+    test = TestScheduler()
+    test.advance_by(210.0)
+    assert timer_clock(test)() == epoch_seconds(test) == 210.0

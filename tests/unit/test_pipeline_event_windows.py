@@ -3,11 +3,16 @@
 from __future__ import annotations
 
 import random
+from collections.abc import Callable
+from typing import cast
 
+import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from pydantic import TypeAdapter
+from reactivex.subject import Subject
 from reactivex.testing import ReactiveTest, TestScheduler
+from reactivex.testing.recorded import Recorded
 
 from gateway.counters import Counters
 from gateway.model import Aggregate, Message, Reading, Record
@@ -17,6 +22,8 @@ from gateway.pipeline.testing import emitted, reading, step_context
 
 STEPS: TypeAdapter[list[Step]] = TypeAdapter(list[Step])
 on_next = ReactiveTest.on_next
+at = cast(Callable[[float, Record], Recorded[Record]], on_next)
+"""``on_next`` at a fractional virtual time (``TestScheduler`` takes floats; the stub says int)."""
 on_completed = ReactiveTest.on_completed
 
 
@@ -99,7 +106,7 @@ def test_an_idle_device_gets_its_last_window_by_the_processing_clock() -> None:
     [(when, agg)] = out
     assert isinstance(agg, Aggregate)
     assert agg.start == 5000.0
-    assert 210 <= when <= 220  # 7 s idle (to 5012) noticed on a 10 s tick, before completion
+    assert when == 215.0  # 12 s of processing time after ts 5000 arrived: 5012 by its clock
 
 
 def test_sliding_event_windows_each_reading_joins_every_covering_window() -> None:
@@ -193,3 +200,194 @@ def test_a_backlog_sent_after_an_outage_lands_in_its_own_windows() -> None:
     assert got[0] == (0.0, 6)  # emitted while the device was away
     assert got[1:] == [(float(start), 10) for start in range(10, 100, 10)]
     assert counters.get("p/w", "late") == 4  # ts 6..9 belonged to the window already emitted
+
+
+# ---------------------------------------------------------------- closing on the clock
+
+
+def aggregates_at(out: list[tuple[float, Record]]) -> list[tuple[float, str, float, int]]:
+    return [(t, r.device, r.start, r.count) for t, r in out if isinstance(r, Aggregate)]
+
+
+def test_a_live_window_closes_at_end_plus_lateness_without_waiting_for_the_next_reading() -> None:
+    """A device stamping readings with the gateway's clock, every 3 s: [200, 210) leaves at
+    212 by the scheduler's clock, not at 213 when the next reading would have closed it."""
+    scheduler = TestScheduler()
+    op = windows.event_window(10.0, None, ("count",), 2.0, None, step_context(scheduler))
+    xs = scheduler.create_hot_observable(
+        *[on_next(t, reading(1, ts=float(t))) for t in range(201, 226, 3)], on_completed(240)
+    )
+    out = aggregates_at(emitted(scheduler.start(lambda: op(xs))))
+    assert out == [(212.0, "d1", 200.0, 3), (222.0, "d1", 210.0, 4), (232.0, "d1", 220.0, 2)]
+
+
+def test_the_deadline_follows_the_device_clock_offset_and_transit_delay() -> None:
+    """Readings stamped 100 s behind the gateway's clock and 0.25 s in transit: the window
+    closes 12 s (size + lateness) after its start by the device's clock, plus the transit."""
+    scheduler = TestScheduler()
+    op = windows.event_window(10.0, None, ("count",), 2.0, None, step_context(scheduler))
+    xs = scheduler.create_hot_observable(
+        *[at(t + 100.25, reading(1, ts=float(t))) for t in (101, 105, 109)]
+    )
+    out = aggregates_at(emitted(scheduler.start(lambda: op(xs))))
+    assert out == [(212.25, "d1", 100.0, 3)]
+
+
+def test_many_keys_closing_at_once_share_one_timer() -> None:
+    scheduled: list[float] = []
+
+    class Counting(TestScheduler):
+        def schedule_relative(self, duetime, action, state=None):  # type: ignore[no-untyped-def]
+            scheduled.append(float(duetime))
+            return super().schedule_relative(duetime, action, state)
+
+    scheduler = Counting()
+    op = windows.event_window(10.0, None, ("count",), 2.0, None, step_context(scheduler))
+    keys = [f"dev-{i:04d}" for i in range(1000)]
+    xs = scheduler.create_hot_observable(
+        *[on_next(201, reading(1, ts=201.0, device=d)) for d in keys],
+        *[on_next(205, reading(2, ts=205.0, device=d)) for d in keys],
+    )
+    observer = scheduler.create_observer()
+    xs.pipe(op).subscribe(observer)
+    scheduler.advance_to(211)
+    assert scheduled == [11.0]  # 2,000 readings of 1,000 keys: one timer, set once
+    scheduler.advance_to(300)
+    out = aggregates_at(emitted(observer))
+    assert sorted(out) == [(212.0, d, 200.0, 2) for d in keys]
+    assert scheduled == [11.0]  # nothing left open: no further timer
+
+
+def test_a_key_s_windows_come_out_in_order_while_the_timer_releases_a_burst() -> None:
+    """300 windows close at 212 and go out 100 per scheduler turn; a reading that arrives
+    between two turns and carries its key past a second window does not overtake the
+    first one, still waiting in the burst."""
+    scheduler = TestScheduler()
+    op = windows.event_window(10.0, None, ("count",), 2.0, None, step_context(scheduler))
+    source: Subject[Record] = Subject()
+    observer = scheduler.create_observer()
+    op(source).subscribe(observer)
+    keys = [f"k{i:03d}" for i in range(300)]
+
+    def push(*readings: Reading) -> Callable[..., None]:
+        def action(*_: object) -> None:
+            for r in readings:
+                source.on_next(r)
+
+        return action
+
+    scheduler.schedule_absolute(201, push(*[reading(1, 201.0, d) for d in keys]))
+    scheduler.schedule_absolute(210, push(reading(1, 210.0, "k299")))  # opens [210, 220)
+    # queued after the timer for 212 was set, so it runs between the timer's turns
+    late_push = push(reading(1, 223.0, "k299"))  # k299's watermark passes 220
+    scheduler.schedule_absolute(211, lambda *_: scheduler.schedule_absolute(212, late_push))
+    scheduler.start()
+    out = aggregates_at(emitted(observer))
+    burst = out[:-1]
+    assert sorted(burst) == sorted(
+        [(212.0, d, 200.0, 1) for d in keys] + [(212.0, "k299", 210.0, 1)]
+    )
+    assert burst[-2:] == [(212.0, "k299", 200.0, 1), (212.0, "k299", 210.0, 1)]
+    assert out[-1] == (221.0, "k299", 220.0, 1)  # 212 + (230 + 2 - 223): the jump counts
+
+
+def test_keys_with_different_deadlines_each_close_on_their_own() -> None:
+    scheduler = TestScheduler()
+    op = windows.event_window(10.0, None, ("count",), 2.0, None, step_context(scheduler))
+    xs = scheduler.create_hot_observable(
+        on_next(201, reading(1, ts=201.0, device="a")),  # [200, 210) closes at 212
+        on_next(202, reading(1, ts=195.0, device="b")),  # [190, 200) closes at 202 + 7 = 209
+        on_next(203, reading(1, ts=208.5, device="c")),  # [200, 210) closes at 203 + 3.5
+        on_next(204, reading(1, ts=212.0, device="c")),  # c's watermark: [200, 210) at once,
+    )  # and [210, 220) closes at 204 + 10
+    out = aggregates_at(emitted(scheduler.start(lambda: op(xs))))
+    assert out == [
+        (204.0, "c", 200.0, 1),
+        (209.0, "b", 190.0, 1),
+        (212.0, "a", 200.0, 1),
+        (214.0, "c", 210.0, 1),
+    ]
+
+
+def test_a_reading_that_jumps_ahead_brings_its_deadline_forward() -> None:
+    """A device catching up (event time faster than the gateway's clock): the deadline set
+    when its window opened would be 9 s late; its newest reading moves it earlier."""
+    scheduler = TestScheduler()
+    op = windows.event_window(10.0, None, ("count",), 2.0, None, step_context(scheduler))
+    xs = scheduler.create_hot_observable(
+        on_next(201, reading(1, ts=100.0)),  # [100, 110) due at 201 + 12 = 213
+        on_next(202, reading(1, ts=109.0)),  # now due at 202 + 3 = 205
+    )
+    out = aggregates_at(emitted(scheduler.start(lambda: op(xs))))
+    assert out == [(205.0, "d1", 100.0, 2)]
+
+
+def test_sliding_windows_close_one_by_one_on_the_clock() -> None:
+    scheduler = TestScheduler()
+    op = windows.event_window(10.0, 5.0, ("count",), 0.0, None, step_context(scheduler))
+    xs = scheduler.create_hot_observable(on_next(207, reading(1, ts=207.0)))
+    out = aggregates_at(emitted(scheduler.start(lambda: op(xs))))
+    assert out == [(210.0, "d1", 200.0, 1), (215.0, "d1", 205.0, 1)]
+
+
+class JumpingClock(TestScheduler):
+    """Like the live asyncio scheduler: timers run by one clock (monotonic there, the virtual
+    ticks here) while the epoch time steps read (``time.time()`` there) can be set forward
+    or back."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.offset = 0.0
+
+    def epoch_now(self) -> float:
+        return self.now.timestamp() + self.offset
+
+    def timer_now(self) -> float:
+        return self.now.timestamp()
+
+
+@pytest.mark.parametrize("jump", [-3600.0, 0.0, 3600.0])
+def test_setting_the_wall_clock_moves_no_deadline(jump: float) -> None:
+    scheduler = JumpingClock()
+    op = windows.event_window(10.0, None, ("count",), 2.0, None, step_context(scheduler))
+    xs = scheduler.create_hot_observable(
+        on_next(201, reading(1, ts=201.0, device="idle")),
+        *[on_next(t, reading(1, ts=float(t), device="live")) for t in range(201, 226, 3)],
+    )
+    scheduler.schedule_absolute(205.5, lambda *_: setattr(scheduler, "offset", jump))
+    out = aggregates_at(emitted(scheduler.start(lambda: op(xs), disposed=300)))
+    assert out == [
+        (212.0, "idle", 200.0, 1),
+        (212.0, "live", 200.0, 3),
+        (222.0, "live", 210.0, 4),
+        (232.0, "live", 220.0, 2),
+    ]
+
+
+@settings(max_examples=40, deadline=None)
+@given(
+    st.lists(st.tuples(st.integers(0, 2), st.integers(0, 120)), min_size=1, max_size=60),
+    st.randoms(use_true_random=False),
+)
+def test_transit_jitter_below_the_lateness_does_not_change_the_aggregates(
+    points: list[tuple[int, int]], rng: random.Random
+) -> None:
+    """Live readings delayed by 0..1.9 s each (lateness 2 s), so a device's readings may
+    arrive out of order: each window's deadline still comes after its last reading, and the
+    result is that of a full-speed replay."""
+    stamps = sorted({(d, ts) for d, ts in points}, key=lambda p: p[1])
+    readings = [reading(float(ts % 7), ts=float(ts), device=f"d{d}") for d, ts in stamps]
+    delays = [rng.uniform(0.0, 0.95) for _ in readings]
+    live_scheduler = TestScheduler()
+    op = windows.event_window(
+        10.0, None, ("count", "mean"), 2.0, None, step_context(live_scheduler)
+    )
+    live = live_scheduler.create_hot_observable(
+        *sorted(
+            (at(r.ts + 201 + 2 * delay, r) for r, delay in zip(readings, delays, strict=True)),
+            key=lambda m: m.time,
+        )
+    )
+    live_out = emitted(live_scheduler.start(lambda: op(live), disposed=100_000))
+    _, fast = run_both_ways(readings)
+    assert summary(live_out) == fast

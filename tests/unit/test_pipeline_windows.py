@@ -261,3 +261,22 @@ def test_window_closes_on_its_deadline_between_whole_seconds() -> None:
     xs = scheduler.create_hot_observable(on_next(201, reading(1, ts=201.0)))
     result = aggregates(scheduler.start(lambda: op(xs)))
     assert [(t, a.start, a.count) for t, a in result] == [(210.5, 200.0, 1)]
+
+
+def test_a_slide_that_is_not_a_whole_second_still_closes_on_its_deadline() -> None:
+    """1.5 s tumbling windows: ticks every 0.75 s fall on every close (with ticks every
+    whole second, [201, 202.5) would have waited until 203)."""
+    scheduler = TestScheduler()
+    op = windows.window(1.5, None, ("count",), 0.0, step_context(scheduler))
+    xs = scheduler.create_hot_observable(
+        on_next(201, reading(1, ts=201.0)), on_next(203, reading(1, ts=203.0))
+    )
+    result = aggregates(scheduler.start(lambda: op(xs)))
+    assert [(t, a.start, a.count) for t, a in result] == [(202.5, 201.0, 1), (204.0, 202.5, 1)]
+
+
+@pytest.mark.parametrize(("slide", "period"), [(0.25, 0.25), (1.0, 1.0), (1.5, 0.75), (10.0, 1.0)])
+def test_the_tick_period_divides_the_slide_and_is_at_most_a_second(
+    slide: float, period: float
+) -> None:
+    assert windows.tick_period(slide) == period
