@@ -277,6 +277,28 @@ def test_detectors_keep_state_per_device_and_metric() -> None:
     ]
 
 
+def test_max_keys_evicts_the_least_recently_seen_key_and_counts_it() -> None:
+    scheduler, counters = TestScheduler(), Counters()
+    op = build({"range": {"min": 0, "max": 10, "max_keys": 2}}, scheduler, counters)
+    items: list[Record] = [
+        reading(50, ts=0.0, device="a"),  # a raised
+        reading(50, ts=0.0, device="b"),  # b raised
+        reading(50, ts=1.0, device="a"),  # a seen again: b is now the least recent
+        reading(50, ts=1.0, device="c"),  # c raised, b evicted
+        reading(5, ts=2.0, device="a"),  # a cleared: its state was kept
+        reading(50, ts=2.0, device="b"),  # b starts over: raised again, c evicted
+    ]
+    out = run(op, scheduler, items)
+    assert [(a.device, a.state) for a in alerts(out)] == [
+        ("a", "raised"),
+        ("b", "raised"),
+        ("c", "raised"),
+        ("a", "cleared"),
+        ("b", "raised"),
+    ]
+    assert counters.get("line/det", "evicted") == 2
+
+
 def test_aggregates_are_scored_on_stat_and_a_missing_stat_is_counted() -> None:
     scheduler = TestScheduler()
     counters = Counters()
