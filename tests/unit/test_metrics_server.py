@@ -185,11 +185,13 @@ async def test_the_endpoint_speaks_plain_http_to_any_client(store: Store) -> Non
         assert f"Content-Length: {len(body)}".encode() in head
         assert b"edge_gateway_store_bytes" in body
         head_only = await exchange(s.port, b"HEAD /healthz HTTP/1.0\r\n\r\n")
-        assert head_only.startswith(b"HTTP/1.1 200 OK\r\n") and head_only.endswith(b"\r\n\r\n")
+        assert head_only.startswith(b"HTTP/1.1 200 OK\r\n")
+        assert head_only.endswith(b"\r\n\r\n")
         missing = await exchange(s.port, b"GET /nope HTTP/1.1\r\n\r\n")
         assert missing.startswith(b"HTTP/1.1 404 ")
         post = await exchange(s.port, b"POST /metrics HTTP/1.1\r\nContent-Length: 0\r\n\r\n")
-        assert post.startswith(b"HTTP/1.1 405 ") and b"Allow: GET, HEAD" in post
+        assert post.startswith(b"HTTP/1.1 405 ")
+        assert b"Allow: GET, HEAD" in post
         garbage = await exchange(s.port, b"hello\r\n\r\n")
         assert garbage.startswith(b"HTTP/1.1 400 ")
         # A head beyond the limit gets no answer, only a closed connection.
