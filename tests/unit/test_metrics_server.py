@@ -198,3 +198,19 @@ async def test_the_endpoint_speaks_plain_http_to_any_client(store: Store) -> Non
         assert await exchange(s.port, b"GET /metrics HTTP/1.1\r\nX: " + b"a" * 9000) == b""
     finally:
         await s.stop()
+
+
+async def test_detector_evictions_are_a_step_event(store: Store) -> None:
+    counters = Counters()
+    counters.inc("detect/default-anomaly", "evicted", 3)
+    s = server(store, 0, counters, Monitor(store, dict, counters, stall_after=10))
+    await s.start()
+    assert s.port is not None
+    try:
+        answer = await exchange(s.port, b"GET /metrics HTTP/1.1\r\n\r\n")
+    finally:
+        await s.stop()
+    text = answer.partition(b"\r\n\r\n")[2].decode()
+    assert samples(text, "edge_gateway_step_events_total") == {
+        '{event="evicted",pipeline="detect",step="default-anomaly"}': 3.0
+    }
