@@ -2,20 +2,25 @@
 
 Nothing is added to the hot path: metrics are derived at scrape time from the ``Counters``
 the gateway already keeps, the last health verdict and two small store queries. The server
-(aiohttp) binds to 127.0.0.1 by default; ``port: 0`` picks a free port (logged).
+binds to 127.0.0.1 by default; ``port: 0`` picks a free port (logged).
+
+The server is a few lines over ``asyncio.start_server``: three GET endpoints, one request
+per connection (``Connection: close``), a bounded request head and a read timeout. A web
+framework (aiohttp) would cost about 10 MB of resident memory for these three answers; it
+is imported only by the web UI, when that is enabled.
 """
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import logging
 import os
-from collections.abc import Iterator
+from collections.abc import Awaitable, Callable, Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
 import orjson
-from aiohttp import web
 from prometheus_client import CollectorRegistry, ProcessCollector, generate_latest
 from prometheus_client.core import (
     CounterMetricFamily,
@@ -46,7 +51,16 @@ STORE_COUNTERS = (
     "lost_on_close",
 )
 SINK_COUNTERS = ("published", "acked", "refused", "retries", "failures")
-STEP_EVENTS = ("error", "late", "duplicate", "future_ts")
+STEP_EVENTS = ("error", "late", "duplicate", "future_ts", "evicted")
+HEAD_LIMIT = 8192
+"""Bytes of request line and headers accepted; beyond, the connection is closed."""
+READ_TIMEOUT = 10.0
+"""Seconds a client has to send its request head."""
+REASONS = {200: "OK", 400: "Bad Request", 404: "Not Found", 405: "Method Not Allowed"}
+REASONS |= {500: "Internal Server Error", 503: "Service Unavailable"}
+
+Answer = tuple[int, str, bytes]
+"""Status, content type and body of one response."""
 
 
 class HttpConfig(StrictModel):
@@ -244,24 +258,21 @@ class MetricsServer:
         self.registry = CollectorRegistry(auto_describe=False)
         self.registry.register(self.collector)
         ProcessCollector(namespace="edge_gateway", registry=self.registry)
-        self._runner: web.AppRunner | None = None
+        self._server: asyncio.Server | None = None
+        self._clients: set[asyncio.StreamWriter] = set()
+        self.routes: dict[str, Callable[[], Awaitable[Answer]]] = {
+            "/metrics": self._metrics,
+            "/healthz": self._healthz,
+            "/readyz": self._readyz,
+        }
         self.port: int | None = None
 
-    def app(self) -> web.Application:
-        app = web.Application()
-        app.router.add_get("/metrics", self._metrics)
-        app.router.add_get("/healthz", self._healthz)
-        app.router.add_get("/readyz", self._readyz)
-        return app
-
     async def start(self) -> None:
-        runner = web.AppRunner(self.app(), access_log=None, handle_signals=False)
-        await runner.setup()
-        site = web.TCPSite(runner, self.config.host, self.config.port)
         try:
-            await site.start()
+            server = await asyncio.start_server(
+                self._serve, self.config.host, self.config.port, limit=HEAD_LIMIT
+            )
         except OSError as exc:
-            await runner.cleanup()
             log.error(
                 "metrics: cannot listen on %s:%d (%s); running without /metrics",
                 self.config.host,
@@ -269,17 +280,56 @@ class MetricsServer:
                 exc,
             )
             return
-        self._runner = runner
-        address = runner.addresses[0]
+        self._server = server
+        address = server.sockets[0].getsockname()
         self.port = int(address[1])
         log.info("metrics: http://%s:%d/metrics, /healthz, /readyz", address[0], self.port)
 
     async def stop(self) -> None:
-        runner, self._runner = self._runner, None
-        if runner is not None:
-            await runner.cleanup()
+        server, self._server = self._server, None
+        if server is None:
+            return
+        server.close()
+        for writer in list(self._clients):
+            writer.close()
+        await server.wait_closed()
 
-    async def _metrics(self, _request: web.Request) -> web.Response:
+    async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        """One request, one response, then close (the connection's own task)."""
+        self._clients.add(writer)
+        try:
+            try:
+                async with asyncio.timeout(READ_TIMEOUT):
+                    head = await reader.readuntil(b"\r\n\r\n")
+            except (TimeoutError, asyncio.IncompleteReadError, asyncio.LimitOverrunError):
+                return  # too slow, cut short or too long: nothing worth an answer
+            request = head.split(b"\r\n", 1)[0].split(b" ")
+            method, target, version = request if len(request) == 3 else (b"", b"", b"")
+            route = self.routes.get(target.split(b"?", 1)[0].decode("latin-1"))
+            extra = ""
+            if not version.startswith(b"HTTP/1."):
+                answer: Answer = (400, "text/plain", b"bad request\n")
+            elif route is None:
+                answer = (404, "text/plain", b"not found\n")
+            elif method not in (b"GET", b"HEAD"):
+                answer, extra = (405, "text/plain", b"method not allowed\n"), "Allow: GET, HEAD\r\n"
+            else:
+                answer = await route()
+            status, content_type, body = answer
+            writer.write(
+                f"HTTP/1.1 {status} {REASONS[status]}\r\nContent-Type: {content_type}\r\n"
+                f"Content-Length: {len(body)}\r\n{extra}Connection: close\r\n\r\n".encode()
+            )
+            if method != b"HEAD":
+                writer.write(body)
+            await writer.drain()
+        except ConnectionError:
+            pass  # the client went away: nothing to answer
+        finally:
+            self._clients.discard(writer)
+            writer.close()
+
+    async def _metrics(self) -> Answer:
         try:
             rows = await self._store.query(
                 "SELECT pipeline, severity, count(*) AS n FROM alerts"
@@ -290,21 +340,19 @@ class MetricsServer:
             }
         except Exception as exc:  # a scrape must answer even when the store does not
             log.warning("metrics: alert counts unavailable: %r", exc)
-        return web.Response(
-            body=generate_latest(self.registry), headers={"Content-Type": CONTENT_TYPE}
-        )
+        return 200, CONTENT_TYPE, generate_latest(self.registry)
 
-    async def _healthz(self, _request: web.Request) -> web.Response:
+    async def _healthz(self) -> Answer:
         v = self._monitor.last
         return _json(
             200 if v.alive else 503,
             {"alive": v.alive, "stalled": v.stalled, "loop_lag_s": round(v.loop_lag, 4)},
         )
 
-    async def _readyz(self, _request: web.Request) -> web.Response:
+    async def _readyz(self) -> Answer:
         ok, body = self._monitor.ready(self.config.ready_max_outbox)
         return _json(200 if ok else 503, body)
 
 
-def _json(status: int, body: dict[str, Any]) -> web.Response:
-    return web.Response(status=status, body=orjson.dumps(body), content_type="application/json")
+def _json(status: int, body: dict[str, Any]) -> Answer:
+    return status, "application/json", orjson.dumps(body)

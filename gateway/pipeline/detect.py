@@ -59,12 +59,15 @@ class Detector:
         step: str,
         stat: str = "mean",
         counters: Counters | None = None,
+        max_keys: int | None = None,
     ) -> None:
         self.kind, self.factory, self.severity = kind, factory, severity
         self.lifecycle, self.pipeline, self.step, self.stat = lifecycle, pipeline, step, stat
         self.counters = counters if counters is not None else Counters()
         self.component = f"{pipeline}/{step}"
         self.keys: dict[tuple[str, str], _KeyState] = {}
+        """Per key; with ``max_keys``, in the order last seen (the least recent first)."""
+        self.max_keys = max_keys
 
     def feed(self, item: Reading | Aggregate) -> Alert | None:
         """Score one reading (or an aggregate's ``stat`` at its end); a transition or None.
@@ -80,9 +83,16 @@ class Detector:
             self.counters.inc(self.component, "non_finite")
             return None
         key = (item.device, item.metric)
-        state = self.keys.get(key)
+        keys = self.keys
+        state = keys.get(key)
         if state is None:
-            state = self.keys[key] = _KeyState(self.factory())
+            if self.max_keys is not None and len(keys) >= self.max_keys:
+                del keys[next(iter(keys))]  # the least recently seen key starts over
+                self.counters.inc(self.component, "evicted")
+            state = keys[key] = _KeyState(self.factory())
+        elif self.max_keys is not None:
+            del keys[key]  # to the end: the most recently seen
+            keys[key] = state
         finding = state.scorer.observe(ts, value)
         life = self.lifecycle
         if finding is None:

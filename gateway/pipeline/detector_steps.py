@@ -2,8 +2,9 @@
 
 Every detector accepts ``severity``, ``for`` (how long, in event time, readings must stay
 anomalous before raising), ``clear_after`` (normal readings needed to clear), ``cooldown``
-(least event time between two raises of one device+metric) and ``stat`` (which statistic of
-an incoming aggregate is scored), besides its own parameters::
+(least event time between two raises of one device+metric), ``stat`` (which statistic of
+an incoming aggregate is scored) and ``max_keys`` (a cap on the device+metric keys it keeps
+state for, least recently seen evicted first), besides its own parameters::
 
     - zscore: {window: 120, limit: 4, cooldown: 1h, severity: warning}
       id: vibration-z
@@ -56,6 +57,10 @@ class DetectorParams(StrictModel):
     clear_after: Count = 1
     cooldown: Duration = 0.0
     stat: StatName = "mean"
+    max_keys: Annotated[int, Field(ge=1)] | None = None
+    """At most this many device+metric keys keep a scorer; a new key beyond it evicts the
+    least recently seen one (counted as ``evicted``), whose state starts over if it comes
+    back. Default: no limit."""
 
     def lifecycle(self) -> Lifecycle:
         return Lifecycle(self.for_, self.clear_after, self.cooldown)
@@ -81,6 +86,7 @@ class DetectorStepModel(StepModel):
             ctx.step,
             p.stat,
             ctx.counters,
+            p.max_keys,
         )
         return detect(detector, ctx)
 

@@ -16,12 +16,14 @@ from bisect import bisect_left, insort
 from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Protocol
+from typing import Literal, Protocol
 
 from sortedcontainers import SortedList
 
 FLAT_MAX = 4096
 """Windows up to this size keep their sorted copy in a plain list (see OrderedWindow)."""
+SPARSE_SLOTS = 16
+"""A seasonal profile keeps up to this many slots in a dict before it takes an array."""
 CLIP = 3.0
 """Seasonal profile updates are clipped at this many residual sigmas (Huber-style)."""
 TAIL = 4.0
@@ -185,23 +187,25 @@ class EwmaScorer:
 class OrderedWindow:
     """The last ``size`` values, also kept sorted: median and quartiles by rank.
 
-    Up to ``FLAT_MAX`` values the sorted copy is a flat array of doubles updated with
-    ``bisect``: the search is O(log n) and the insert/delete a memmove of at most
-    ``FLAT_MAX`` slots in C, several times cheaper than a tree walked in Python at these
-    sizes, with O(1) rank access. Larger windows use ``sortedcontainers.SortedList``
-    (O(log n) throughout). The arrival order is a ring of doubles. Doubles rather than lists
-    of float objects: 16 bytes per value instead of about 40, which is most of a detector's
-    memory per device+metric.
+    Up to ``FLAT_MAX`` values the sorted copy is a flat array updated with ``bisect``: the
+    search is O(log n) and the insert/delete a memmove of at most ``FLAT_MAX`` slots in C,
+    several times cheaper than a tree walked in Python at these sizes, with O(1) rank
+    access. Larger windows use ``sortedcontainers.SortedList`` (O(log n) throughout). The
+    arrival order is a ring. Both are arrays of ``typecode``: doubles (``"d"``, 16 bytes per
+    value with the sorted copy, instead of about 40 for lists of float objects) or floats
+    (``"f"``, 8 bytes per value; values are rounded to float32 as they are added).
     """
 
     __slots__ = ("oldest", "ring", "size", "sorted")
 
-    def __init__(self, size: int) -> None:
+    def __init__(self, size: int, typecode: Literal["d", "f"] = "d") -> None:
         self.size = size
-        self.ring = array("d")
+        self.ring = array(typecode)
         self.oldest = 0
         """Index in ``ring`` of the oldest value, once the ring is full."""
-        self.sorted: array[float] | SortedList = array("d") if size <= FLAT_MAX else SortedList()
+        self.sorted: array[float] | SortedList = (
+            array(typecode) if size <= FLAT_MAX else SortedList()
+        )
 
     def __len__(self) -> int:
         return len(self.ring)
@@ -211,6 +215,11 @@ class OrderedWindow:
         ring, oldest = self.ring, self.oldest
         in_order = list(ring[oldest:]) + list(ring[:oldest])
         return in_order[len(in_order) - n :] if n > 0 else []
+
+    def ago(self, n: int) -> float:
+        """The value added ``n`` values ago (1: the latest); ``1 <= n <= len(self)``."""
+        ring = self.ring
+        return ring[(self.oldest - n) % len(ring)]
 
     def add(self, value: float) -> None:
         ring, ordered = self.ring, self.sorted
@@ -227,7 +236,7 @@ class OrderedWindow:
             if evicted is not None:
                 del ordered[bisect_left(ordered, evicted)]
         else:
-            ordered.add(value)
+            ordered.add(ring[self.oldest - 1])  # as stored: rounded if the ring is float32
             if evicted is not None:
                 ordered.remove(evicted)
 
@@ -248,6 +257,45 @@ class OrderedWindow:
         update O(log n) where an exact MAD would need a second ordered structure.
         """
         return MAD_PER_SIGMA * (self.quantile(0.75) - self.quantile(0.25)) / 2.0
+
+
+class RecentWindow(OrderedWindow):
+    """The last ``size`` values of a longer ``OrderedWindow``, sorted, without a ring.
+
+    The arrival order is read from the longer window's ring, which already holds it: call
+    ``add`` before the longer window's. Half the memory of an ``OrderedWindow`` of its own.
+    It may hold fewer values than ``size`` (after a ``reset``): always the most recent ones.
+    """
+
+    __slots__ = ("count", "longer")
+
+    def __init__(self, size: int, longer: OrderedWindow) -> None:
+        assert size <= min(longer.size, FLAT_MAX)
+        self.size, self.longer, self.count = size, longer, 0
+        self.sorted = longer.ring[:0]  # an empty array of the same type
+
+    def __len__(self) -> int:
+        return self.count
+
+    def latest(self, n: int) -> list[float]:
+        return self.longer.latest(min(n, self.count))
+
+    def add(self, value: float) -> None:
+        ordered = self.sorted
+        assert isinstance(ordered, array)
+        insort(ordered, value)
+        if self.count < self.size:
+            self.count += 1
+        else:
+            del ordered[bisect_left(ordered, self.longer.ago(self.size))]
+
+    def reset(self, keep: int) -> None:
+        """Keep only the ``keep`` most recent values."""
+        recent = self.longer.latest(min(keep, self.count))
+        ordered = self.longer.ring[:0]
+        ordered.extend(sorted(recent))
+        self.sorted = ordered
+        self.count = len(recent)
 
 
 class MadScorer:
@@ -327,15 +375,18 @@ class SeasonalProfile:
     pass of the period over a slot: readings closer together than a slot's width share it,
     so sampling faster than the slots does not make the profile chase the signal (and absorb
     a slow drift). An update can be clipped (Huber-style) so that one wild reading does not
-    distort its slot for days. ``buckets`` floats per key, O(1) per reading.
+    distort its slot for days. O(1) per reading.
+
+    Memory: the first ``SPARSE_SLOTS`` slots seen are kept in a small dict, so that a
+    device+metric seen a few times costs a few hundred bytes; beyond that, ``buckets``
+    doubles (NaN: a slot never seen).
     """
 
-    __slots__ = ("alpha", "count", "last_dt", "last_ts", "period", "seen", "step", "values")
+    __slots__ = ("alpha", "count", "last_dt", "last_ts", "period", "step", "values")
 
     def __init__(self, period: float, buckets: int, alpha: float) -> None:
         self.period, self.count, self.alpha = period, buckets, alpha
-        self.values = array("d", [0.0]) * buckets  # doubles, not float objects: 8 B a slot
-        self.seen = bytearray(buckets)
+        self.values: dict[int, float] | array[float] = {}
         self.last_ts = -math.inf
         self.last_dt = math.inf
         self.step = alpha
@@ -346,7 +397,12 @@ class SeasonalProfile:
 
     def residual(self, slot: int, value: float) -> float | None:
         """``value`` minus its slot's profile; None if the slot has never been seen."""
-        return value - self.values[slot] if self.seen[slot] else None
+        values = self.values
+        if type(values) is dict:
+            usual = values.get(slot)
+            return None if usual is None else value - usual
+        usual = values[slot]
+        return None if usual != usual else value - usual  # NaN: never seen
 
     def learn(
         self, ts: float, slot: int, value: float, residual: float | None, clip: float = math.inf
@@ -359,11 +415,16 @@ class SeasonalProfile:
             visit = dt * self.count / self.period
             alpha = self.alpha
             self.step = alpha if visit >= 1.0 else 1.0 - (1.0 - alpha) ** max(visit, 0.0)
+        values = self.values
         if residual is None:
-            self.seen[slot] = 1
-            self.values[slot] = value
+            values[slot] = value
+            if type(values) is dict and len(values) > SPARSE_SLOTS:
+                dense = array("d", [math.nan]) * self.count  # 8 B a slot
+                for i, usual in values.items():
+                    dense[i] = usual
+                self.values = dense
             return
-        self.values[slot] += self.step * max(-clip, min(clip, residual))
+        values[slot] += self.step * max(-clip, min(clip, residual))
 
 
 class PageHinkleyScorer:
@@ -546,8 +607,10 @@ class AnomalyScorer:
     estimates from the inter-quartile and the 10%-90% range (so quantized signals keep a
     sensible scale) and ``floor`` times the window's 1%-99% spread; for the level, also the
     distance from the median to the 1% tail on the reading's side over ``TAIL`` (so a
-    heavy-tailed, spiky signal needs a spike beyond its usual ones). Memory is bounded (three
-    windows and ``buckets`` floats per key); each reading costs O(log memory).
+    heavy-tailed, spiky signal needs a spike beyond its usual ones). Memory is bounded and
+    grows to ``4 * (2 * memory + 3 * window) + 8 * buckets`` bytes per key (float32 windows,
+    the level's sharing the memory's ring): about 24 KB with the defaults. Each reading
+    costs O(log memory).
     """
 
     __slots__ = (
@@ -579,9 +642,15 @@ class AnomalyScorer:
         persist: int = 6,
     ) -> None:
         self.window = window
-        self.level = OrderedWindow(window)
-        self.memory = OrderedWindow(memory)
-        self.residuals = OrderedWindow(window)
+        # float32: a value's 7 significant digits are more than a sensor gives, and half
+        # the memory. The level window is the memory's most recent values when it can be.
+        self.memory = OrderedWindow(memory, "f")
+        self.level: OrderedWindow = (
+            RecentWindow(window, self.memory)
+            if window <= min(memory, FLAT_MAX)
+            else OrderedWindow(window, "f")
+        )
+        self.residuals = OrderedWindow(window, "f")
         self.profile = SeasonalProfile(period, buckets, alpha)
         self.limit, self.min_count, self.floor = limit, min_count, floor
         self.novelty, self.persist = novelty, persist
@@ -676,8 +745,12 @@ class AnomalyScorer:
     def _rebase(self) -> None:
         """The level has moved: keep only the readings of the new regime."""
         keep = abs(self.run_level) - 1  # the reading that ends the run is added by observe
-        recent = self.level.latest(keep)
-        self.level = OrderedWindow(self.window)
-        for x in recent:
-            self.level.add(x)
+        level = self.level
+        if isinstance(level, RecentWindow):
+            level.reset(keep)
+        else:
+            recent = level.latest(keep)
+            self.level = level = OrderedWindow(self.window, "f")
+            for x in recent:
+                level.add(x)
         self.run_level = 0

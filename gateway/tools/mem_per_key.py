@@ -6,7 +6,10 @@ metric); the Python memory it then holds, divided by the number of devices, is p
 the allocation sites that hold most of it::
 
     python -m gateway.tools.mem_per_key --devices 10000 --readings 2     # fresh keys
-    python -m gateway.tools.mem_per_key --devices 1000 --readings 700    # windows full
+    python -m gateway.tools.mem_per_key --devices 300 --readings 2100 --interval 300
+        # detector state full: 2016 readings of novelty memory, 288 time-of-day slots
+
+It also prints what that is for ``--project`` device+metrics (default 10,000).
 """
 
 from __future__ import annotations
@@ -53,11 +56,19 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--devices", type=int, default=10_000)
     parser.add_argument("--readings", type=int, default=2, help="readings per device")
+    parser.add_argument("--interval", type=float, default=1.0, help="seconds between readings")
+    parser.add_argument("--project", type=int, default=10_000, help="device+metrics projected")
     parser.add_argument("--top", type=int, default=8, help="allocation sites shown")
     args = parser.parse_args(argv)
     cfg = config()
     readings = [
-        Reading("fleet", f"dev-{d:05d}", "temp", 20.0 + d % 7 + k * 0.1, 1.7e9 + k + d * 1e-5)
+        Reading(
+            "fleet",
+            f"dev-{d:05d}",
+            "temp",
+            20.0 + d % 7 + k * 0.1,
+            1.7e9 + k * args.interval + d * 1e-5,
+        )
         for k in range(args.readings)
         for d in range(args.devices)
     ]
@@ -84,7 +95,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     tracemalloc.stop()
     total = sum(s.size_diff for s in stats)
     n = args.devices
-    print(f"{n} devices x {args.readings} readings: {total / n:,.0f} bytes per device+metric")
+    print(
+        f"{n} devices x {args.readings} readings, {args.interval:g}s apart: {total / n:,.0f}"
+        f" bytes per device+metric, {total / n * args.project / 1e6:,.1f} MB for {args.project:,}"
+    )
     for s in stats[: args.top]:
         frame = s.traceback[0]
         print(f"  {s.size_diff / n:8,.0f} B  {Path(frame.filename).name}:{frame.lineno}")

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import socket
 from collections.abc import AsyncIterator
@@ -156,4 +157,60 @@ async def test_sink_counters_and_breaker_state_are_exported(store: Store) -> Non
         '{sink="upstream",state="closed"}': 0.0,
         '{sink="upstream",state="open"}': 1.0,
         '{sink="upstream",state="half_open"}': 0.0,
+    }
+
+
+async def exchange(port: int, request: bytes) -> bytes:
+    """Send raw bytes, read the whole answer (the server closes after one response)."""
+    reader, writer = await asyncio.open_connection("127.0.0.1", port)
+    writer.write(request)
+    await writer.drain()
+    try:
+        answer = await reader.read()
+    except ConnectionResetError:  # closed with our request unread
+        answer = b""
+    writer.close()
+    return answer
+
+
+async def test_the_endpoint_speaks_plain_http_to_any_client(store: Store) -> None:
+    counters = Counters()
+    s = server(store, 0, counters, Monitor(store, dict, counters, stall_after=10))
+    await s.start()
+    assert s.port is not None
+    try:
+        ok = await exchange(s.port, b"GET /metrics?x=1 HTTP/1.1\r\nHost: a\r\n\r\n")
+        head, _, body = ok.partition(b"\r\n\r\n")
+        assert head.startswith(b"HTTP/1.1 200 OK\r\n")
+        assert f"Content-Length: {len(body)}".encode() in head
+        assert b"edge_gateway_store_bytes" in body
+        head_only = await exchange(s.port, b"HEAD /healthz HTTP/1.0\r\n\r\n")
+        assert head_only.startswith(b"HTTP/1.1 200 OK\r\n")
+        assert head_only.endswith(b"\r\n\r\n")
+        missing = await exchange(s.port, b"GET /nope HTTP/1.1\r\n\r\n")
+        assert missing.startswith(b"HTTP/1.1 404 ")
+        post = await exchange(s.port, b"POST /metrics HTTP/1.1\r\nContent-Length: 0\r\n\r\n")
+        assert post.startswith(b"HTTP/1.1 405 ")
+        assert b"Allow: GET, HEAD" in post
+        garbage = await exchange(s.port, b"hello\r\n\r\n")
+        assert garbage.startswith(b"HTTP/1.1 400 ")
+        # A head beyond the limit gets no answer, only a closed connection.
+        assert await exchange(s.port, b"GET /metrics HTTP/1.1\r\nX: " + b"a" * 9000) == b""
+    finally:
+        await s.stop()
+
+
+async def test_detector_evictions_are_a_step_event(store: Store) -> None:
+    counters = Counters()
+    counters.inc("detect/default-anomaly", "evicted", 3)
+    s = server(store, 0, counters, Monitor(store, dict, counters, stall_after=10))
+    await s.start()
+    assert s.port is not None
+    try:
+        answer = await exchange(s.port, b"GET /metrics HTTP/1.1\r\n\r\n")
+    finally:
+        await s.stop()
+    text = answer.partition(b"\r\n\r\n")[2].decode()
+    assert samples(text, "edge_gateway_step_events_total") == {
+        '{event="evicted",pipeline="detect",step="default-anomaly"}': 3.0
     }

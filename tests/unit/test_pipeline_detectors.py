@@ -5,6 +5,7 @@ from __future__ import annotations
 import math
 import random
 import statistics
+from array import array
 from typing import Any
 
 import pytest
@@ -14,7 +15,12 @@ from reactivex.testing import ReactiveTest, TestScheduler
 from gateway.counters import Counters
 from gateway.model import Aggregate, Alert, Message, Reading, Record
 from gateway.pipeline.context import Operator
-from gateway.pipeline.scorers import OrderedWindow
+from gateway.pipeline.scorers import (
+    AnomalyScorer,
+    OrderedWindow,
+    RecentWindow,
+    SeasonalProfile,
+)
 from gateway.pipeline.steps import Step
 from gateway.pipeline.testing import emitted, reading, step_context
 
@@ -271,6 +277,28 @@ def test_detectors_keep_state_per_device_and_metric() -> None:
     ]
 
 
+def test_max_keys_evicts_the_least_recently_seen_key_and_counts_it() -> None:
+    scheduler, counters = TestScheduler(), Counters()
+    op = build({"range": {"min": 0, "max": 10, "max_keys": 2}}, scheduler, counters)
+    items: list[Record] = [
+        reading(50, ts=0.0, device="a"),  # a raised
+        reading(50, ts=0.0, device="b"),  # b raised
+        reading(50, ts=1.0, device="a"),  # a seen again: b is now the least recent
+        reading(50, ts=1.0, device="c"),  # c raised, b evicted
+        reading(5, ts=2.0, device="a"),  # a cleared: its state was kept
+        reading(50, ts=2.0, device="b"),  # b starts over: raised again, c evicted
+    ]
+    out = run(op, scheduler, items)
+    assert [(a.device, a.state) for a in alerts(out)] == [
+        ("a", "raised"),
+        ("b", "raised"),
+        ("c", "raised"),
+        ("a", "cleared"),
+        ("b", "raised"),
+    ]
+    assert counters.get("line/det", "evicted") == 2
+
+
 def test_aggregates_are_scored_on_stat_and_a_missing_stat_is_counted() -> None:
     scheduler = TestScheduler()
     counters = Counters()
@@ -417,3 +445,56 @@ def test_ordered_window_latest_before_the_ring_is_full() -> None:
         window.add(v)
     assert window.latest(2) == [2.0, 3.0]
     assert window.latest(0) == []
+
+
+def test_a_float32_window_keeps_values_rounded_and_evicts_them_exactly() -> None:
+    rng = random.Random(3)
+    window = OrderedWindow(50, "f")
+    values = [rng.gauss(20, 3) for _ in range(400)]
+    for v in values:
+        window.add(v)
+    rounded = sorted(array("f", values[-50:]))
+    assert list(window.sorted) == rounded
+    assert window.quantile(0.5) == pytest.approx(statistics.median(values[-50:]), rel=1e-6)
+
+
+def test_a_recent_window_is_the_latest_values_of_the_longer_one() -> None:
+    rng = random.Random(4)
+    longer = OrderedWindow(30, "f")
+    recent = RecentWindow(10, longer)
+    values = [float(rng.randint(0, 9)) for _ in range(100)]
+    for i, v in enumerate(values):
+        recent.add(v)
+        longer.add(v)
+        if i == 60:
+            recent.reset(3)  # a regime change keeps the 3 latest, then grows again
+    assert len(recent) == 10
+    assert list(recent.sorted) == sorted(values[-10:])
+    assert recent.latest(4) == values[-4:]
+
+
+def test_a_seasonal_profile_is_sparse_until_it_has_seen_many_slots() -> None:
+    sparse = SeasonalProfile(86400.0, 288, 0.3)
+    for ts in range(0, 86400, 300):
+        slot = sparse.slot(ts)
+        sparse.learn(ts, slot, 1.0 + slot, sparse.residual(slot, 1.0 + slot))
+        if ts == 300 * 5:
+            assert isinstance(sparse.values, dict)
+    assert not isinstance(sparse.values, dict)
+    assert [sparse.residual(s, 10.0) for s in (0, 7, 287)] == [9.0, 2.0, -278.0]
+
+
+def test_the_anomaly_level_window_sharing_the_memory_ring_changes_no_verdict() -> None:
+    rng = random.Random(5)
+    shared = AnomalyScorer(window=200, min_count=100)
+    own = AnomalyScorer(window=200, min_count=100)
+    own.level = OrderedWindow(200, "f")  # a ring of its own, as when memory < window
+    verdicts: tuple[list[int], list[int]] = ([], [])
+    for i in range(3000):
+        value = rng.gauss(50, 1) + (30 if i % 700 == 0 else 0) + (10 if i >= 1500 else 0)
+        for scorer, found in zip((shared, own), verdicts, strict=True):
+            if scorer.observe(i * 300.0, value) is not None:
+                found.append(i)
+    assert isinstance(shared.level, RecentWindow)
+    assert verdicts[0] == verdicts[1]
+    assert {700, 1400, 2100} <= set(verdicts[0])  # 2800 repeats 2100: not new
