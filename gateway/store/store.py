@@ -16,9 +16,10 @@ Failure policy of a batch:
   ``rejected``, so one poison item can never wedge the store.
 
 WAL checkpoints run off the commit path: every ``checkpoint_interval`` a second connection,
-on a thread of its own, runs a PASSIVE checkpoint (SQLite lets it copy committed pages into
-the database file while the writer goes on committing). Left to itself SQLite checkpoints
-inside the commit that crosses 1,000 WAL pages, which under a steady load of small eager
+on a thread of its own, runs PASSIVE checkpoints (SQLite lets them copy committed pages into
+the database file while the writer goes on committing), then, once every page is copied, a
+RESTART that never waits (so the WAL starts over instead of growing). Left to itself SQLite
+checkpoints inside the commit that crosses 1,000 WAL pages, which under a steady load of small eager
 commits meant a pause of about 20 ms every 80 ms of commits, and a far longer one when the
 disk is slow to sync. The writer keeps SQLite's automatic checkpoint as a backstop at
 ``CHECKPOINT_BACKSTOP_PAGES``, should the checkpointer fall behind.
@@ -80,10 +81,10 @@ RETENTION_DELETE_ROWS = 2_000
 CHECKPOINT_BACKSTOP_PAGES = 16_000
 """WAL pages (64 MB of 4 KiB pages) past which a commit checkpoints itself, as SQLite does at
 1,000 pages: only reached when the background checkpointer falls behind."""
-CHECKPOINT_PASSES = 8
-"""PASSIVE checkpoints per turn of the checkpointer while commits keep adding pages (each
-shorter than the one before): the WAL restarts from its beginning, rather than grow, only
-when a commit finds every page of it copied."""
+CHECKPOINT_PASSES = 12
+"""Checkpoints per turn of the checkpointer: PASSIVE ones while commits keep adding pages
+(each shorter than the one before), then a RESTART once every page is copied, so the next
+commit writes the WAL from its beginning instead of growing it."""
 RETRY_INITIAL = 0.1
 RETRY_MAX = 10.0
 
@@ -708,8 +709,7 @@ class Store:
                 self._checkpointer = None
 
     def _open_checkpointer(self) -> None:
-        conn = sqlite3.connect(self.config.path)
-        conn.execute(f"PRAGMA busy_timeout = {BUSY_TIMEOUT_MS}")
+        conn = sqlite3.connect(self.config.path, timeout=0)  # never waits for the writer
         conn.execute(f"PRAGMA synchronous = {self.config.synchronous.upper()}")
         self._ckpt_conn = conn
 
@@ -728,8 +728,15 @@ class Store:
         for _ in range(CHECKPOINT_PASSES):
             # frames: the WAL's length when the pass began; commits may have added more since
             busy, frames, copied = conn.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchone()
-            if busy or frames <= max(seen, 0) or copied < frames:
-                return  # no commit since the last pass (or a reader holds pages): done
+            if busy or copied < frames or frames <= 0:
+                return  # a reader holds pages (next time), or the WAL is empty
+            if frames == seen:  # nothing committed since the last pass: every page is copied
+                # Start the WAL over, or it grows: without a busy handler this never waits
+                # for a commit under way (it is then busy, and the next pass copies what that
+                # commit adds before trying again).
+                if not conn.execute("PRAGMA wal_checkpoint(RESTART)").fetchone()[0]:
+                    return
+                frames = -1
             seen = frames
 
     # ------------------------------------------------------------------ thread hop

@@ -407,6 +407,12 @@ async def test_the_wal_is_checkpointed_off_the_commit_path(
         copy.write_bytes((tmp_path / "gw.db").read_bytes())
         with contextlib.closing(sqlite3.connect(copy)) as conn:
             assert conn.execute("SELECT count(*) FROM readings").fetchone() == (100,)
+        [wal] = await store.query("PRAGMA wal_checkpoint(PASSIVE)")
+        store.add_readings([reading(100, seq=100)])
+        await store.flush()
+        # (busy, log = WAL frames, checkpointed): the next commit wrote the WAL from its start
+        [after] = await store.query("PRAGMA wal_checkpoint(PASSIVE)")
+        assert 0 < after["log"] < wal["log"]
 
 
 async def test_without_a_checkpoint_interval_sqlite_checkpoints_in_commits(
