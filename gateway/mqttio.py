@@ -21,6 +21,7 @@ The blocking TCP connect runs on a worker thread; the hooks it fires hop to the 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import socket
 import ssl
 import threading
@@ -41,6 +42,8 @@ PublishHandler = Callable[[bytes, bytes, int, int], None]
 _PUBLISH = 0x30
 """The PUBLISH type bits; with QoS 2 (and the invalid 3) bit 0x04 is also set."""
 _MAX_LENGTH_BYTES = 4
+_TCP_QUICKACK: int | None = getattr(socket, "TCP_QUICKACK", None)
+"""Linux: acknowledge at once what was read instead of after up to 40 ms (delayed ACK)."""
 
 
 class PahoDriver:
@@ -62,6 +65,7 @@ class PahoDriver:
         self._on_publish = on_publish
         self._v5 = client.protocol == mqtt.MQTTv5
         self._sock: Any = None
+        self._quick_ack = False
         self._misc: asyncio.TimerHandle | None = None
         self._rest = b""  # the start of a frame whose end has not arrived yet
         self._for_paho = b""  # the one frame paho's reader is reading
@@ -96,6 +100,8 @@ class PahoDriver:
         if self.lost.done() or (isinstance(sock, socket.socket) and sock.fileno() < 0):
             return
         self._sock = sock
+        _no_delay(sock)
+        self._quick_ack = _TCP_QUICKACK is not None and isinstance(sock, socket.socket)
         self._loop.add_reader(sock, self._read)
         if self.client.want_write():
             self._loop.add_writer(sock, self._write)
@@ -139,6 +145,11 @@ class PahoDriver:
             self._rc_handle(MQTTErrorCode.MQTT_ERR_CONN_LOST)
             return
         self.client._last_bytes_received = time.monotonic()
+        if self._quick_ack:
+            try:  # Linux turns it off again by itself: renewed after each read
+                sock.setsockopt(socket.IPPROTO_TCP, _TCP_QUICKACK, 1)
+            except OSError:
+                self._quick_ack = False
         self._frames(self._rest + chunk if self._rest else chunk)
         if self._sock is not None and isinstance(sock, ssl.SSLSocket) and sock.pending():
             self._loop.call_soon(self._read)  # decrypted bytes wait; the socket will not wake us
@@ -259,6 +270,14 @@ class PahoDriver:
             self.client._sock_close()  # fires the close hook, which unregisters
         if not self.lost.done():
             self.lost.set_result(None)
+
+
+def _no_delay(sock: Any) -> None:
+    """Switch Nagle's algorithm off (paho leaves it on): a small packet written while an
+    earlier one is unacknowledged would otherwise wait for that ACK, which the peer may delay
+    by up to 40 ms (its delayed-ACK timer)."""
+    with contextlib.suppress(OSError, AttributeError):  # not TCP (a unix socket, a wrapper)
+        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
 
 
 def _varint(data: bytes, at: int) -> tuple[int, int]:

@@ -141,3 +141,27 @@ async def test_a_flood_of_small_messages_is_split_across_reads_without_loss(
         await recorder.wait_for(n)
     assert [r.seq for r in recorder.readings] == list(range(n))
     assert recorder.readings[5].device == "d5"
+
+
+async def test_the_driver_switches_nagle_off_so_small_packets_are_not_held_back(
+    broker: Broker,
+) -> None:
+    """A PUBLISH written while an earlier one waits for its TCP ACK goes out at once, instead
+    of waiting up to the peer's delayed-ACK timeout (40 ms): paho leaves Nagle on."""
+    import socket
+
+    from gateway.mqttio import PahoDriver
+
+    client = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id="nodelay")
+    connected = asyncio.get_running_loop().create_future()
+    client.on_connect = lambda *_: connected.done() or connected.set_result(None)
+    driver = PahoDriver(client)
+    await driver.connect(broker.host, broker.port, 60)
+    try:
+        async with asyncio.timeout(10):
+            await connected
+        sock = client.socket()
+        assert isinstance(sock, socket.socket)
+        assert sock.getsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY) == 1
+    finally:
+        driver.close()

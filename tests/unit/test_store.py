@@ -393,6 +393,36 @@ async def test_committed_outbox_rows_survive_a_restart(make_store: Callable[...,
         assert mode == {"journal_mode": "wal"}
 
 
+async def test_the_wal_is_checkpointed_off_the_commit_path(
+    make_store: Callable[..., Store], tmp_path: Path
+) -> None:
+    async with make_store() as store:
+        # commits leave checkpoints to the checkpointer thread (SQLite's own is a backstop)
+        [auto] = await store.query("PRAGMA wal_autocheckpoint")
+        assert auto == {"wal_autocheckpoint": store_module.CHECKPOINT_BACKSTOP_PAGES}
+        store.add_readings([reading(i, seq=i) for i in range(100)])
+        await store.flush()
+        await store.checkpoint()
+        copy = tmp_path / "copy.db"  # the database file alone, without its WAL
+        copy.write_bytes((tmp_path / "gw.db").read_bytes())
+        with contextlib.closing(sqlite3.connect(copy)) as conn:
+            assert conn.execute("SELECT count(*) FROM readings").fetchone() == (100,)
+        [wal] = await store.query("PRAGMA wal_checkpoint(PASSIVE)")
+        store.add_readings([reading(100, seq=100)])
+        await store.flush()
+        # (busy, log = WAL frames, checkpointed): the next commit wrote the WAL from its start
+        [after] = await store.query("PRAGMA wal_checkpoint(PASSIVE)")
+        assert 0 < after["log"] < wal["log"]
+
+
+async def test_without_a_checkpoint_interval_sqlite_checkpoints_in_commits(
+    make_store: Callable[..., Store],
+) -> None:
+    async with make_store(checkpoint_interval=None) as store:
+        assert await store.query("PRAGMA wal_autocheckpoint") == [{"wal_autocheckpoint": 1000}]
+        await store.checkpoint()  # nothing to do
+
+
 # --------------------------------------------------------------------- retention
 
 
