@@ -266,7 +266,9 @@ async def test_add_only_queues_and_the_loop_is_not_blocked(store: Store) -> None
     flushing = asyncio.create_task(store.flush())
     while not flushing.done():  # the loop keeps running while the writer thread commits
         ticks += 1
-        await asyncio.sleep(0)
+        # Not sleep(0): a loop that never waits keeps the GIL from the writer thread, whose
+        # executemany then crawls (a convoy) on a loaded machine.
+        await asyncio.sleep(0.001)
     await flushing
     assert ticks > 1
     assert await count(store, "readings") == 100_000
