@@ -11,6 +11,7 @@ from pathlib import Path
 import pytest
 
 from tests.conftest import MOSQUITTO, Broker, _wait_listening
+from tests.integration.harness import RUNNING
 
 
 @dataclass
@@ -55,6 +56,14 @@ def _persistent(workdir: Path) -> Iterator[Broker]:
         yield b
     finally:
         b.stop()
+
+
+@pytest.fixture(autouse=True)
+def _no_leftover_gateways() -> Iterator[None]:
+    """A failed test's gateway is killed, not left running for the rest of the suite."""
+    yield
+    while RUNNING:
+        RUNNING.pop().kill()
 
 
 @pytest.fixture

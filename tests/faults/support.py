@@ -22,7 +22,7 @@ from pathlib import Path
 from typing import Any
 
 from simulators.summary import RunSummary
-from tests.integration.harness import Collector, GatewayProcess, wait_until
+from tests.integration.harness import RUNNING, Collector, GatewayProcess, wait_until
 
 Key = tuple[str, str, int]
 
@@ -138,6 +138,8 @@ class Gateway(GatewayProcess):
             cwd=self.workdir,
         )
         log.close()
+        if self not in RUNNING:
+            RUNNING.append(self)  # killed by the autouse fixture if the test fails
         wait_until(lambda: self.starts() > before or self._exited(), 30, "gateway running")
         assert not self._exited(), self.log()[-3000:]
 
