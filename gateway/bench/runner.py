@@ -256,13 +256,7 @@ class Bench:
         rate = rate or self.p.latency_rate
         step = self._deliver(system, load, rate, int(rate * seconds))
         c.recording = False
-        samples = c.latencies
-        result.p50_ms = _round(_percentile(samples, 50))
-        result.p99_ms = _round(_percentile(samples, 99))
-        result.cpu_pct = round(step.cpu_pct, 1)
-        result.latency_rate = rate
-        if not step.ok:
-            result.notes.append(f"lost or late readings at the latency rate {rate:.0f}/s")
+        _record_latency(result, c.latencies, step, rate)
 
     def aggregate_latency(self, system: System, load: Load, result: Result, rate: float) -> None:
         """How long after its window closed (``end + lateness`` by the devices' clock, which
@@ -304,12 +298,7 @@ class Bench:
             time.sleep(0.05)
         c.recording = False
         samples = [t - (end + p.lateness_s) for end, t in counted()]
-        result.p50_ms = _round(_percentile(samples, 50))
-        result.p99_ms = _round(_percentile(samples, 99))
-        result.cpu_pct = round(step.cpu_pct, 1)
-        result.latency_rate = rate
-        if not step.ok:
-            result.notes.append(f"lost or late readings at the latency rate {rate:.0f}/s")
+        _record_latency(result, samples, step, rate)
         worst = f", max {max(samples) * 1000:.1f} ms" if samples else ""
         result.notes.append(
             f"latency at {rate:.0f}/s: aggregate arrival - (window end + lateness), "
@@ -725,6 +714,16 @@ class Bench:
                 readings_per_s=round(1e6 / us) if us > 0 else None,
                 us_per_reading=round(us, 3),
             )
+
+
+def _record_latency(result: Result, samples: Sequence[float], step: Step, rate: float) -> None:
+    """p50/p99 of ``samples`` (ms), and the CPU and rate of the step that produced them."""
+    result.p50_ms = _round(_percentile(samples, 50))
+    result.p99_ms = _round(_percentile(samples, 99))
+    result.cpu_pct = round(step.cpu_pct, 1)
+    result.latency_rate = rate
+    if not step.ok:
+        result.notes.append(f"lost or late readings at the latency rate {rate:.0f}/s")
 
 
 def _wait_quietly(predicate: Callable[[], bool], timeout: float) -> None:
