@@ -75,6 +75,19 @@ async def store(tmp_path: Path) -> AsyncIterator[Store]:
 
 
 @contextlib.asynccontextmanager
+async def running(forwarder: Forwarder) -> AsyncIterator[None]:
+    """The forwarder's drain loop as a task, cancelled and closed on exit."""
+    task = asyncio.create_task(forwarder.run())
+    try:
+        yield
+    finally:
+        task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await task
+        await forwarder.close()
+
+
+@contextlib.asynccontextmanager
 async def forwarding(store: Store, upstream: Upstream, batch: int = 10) -> AsyncIterator[Forwarder]:
     forwarder = Forwarder(
         "up",
@@ -86,14 +99,8 @@ async def forwarding(store: Store, upstream: Upstream, batch: int = 10) -> Async
         breaker_failures=100,
         breaker_cooldown=0.01,
     )
-    task = asyncio.create_task(forwarder.run())
-    try:
+    async with running(forwarder):
         yield forwarder
-    finally:
-        task.cancel()
-        with contextlib.suppress(asyncio.CancelledError):
-            await task
-        await forwarder.close()
 
 
 def add(store: Store, *ids: str, priority: int = PRIORITY_READING) -> None:
@@ -223,14 +230,8 @@ async def pipelined(
         breaker_cooldown=0.01,
         max_attempts=2,
     )
-    task = asyncio.create_task(forwarder.run())
-    try:
+    async with running(forwarder):
         yield forwarder
-    finally:
-        task.cancel()
-        with contextlib.suppress(asyncio.CancelledError):
-            await task
-        await forwarder.close()
 
 
 async def spin() -> None:
