@@ -3,14 +3,17 @@
 paho exposes its socket and three hooks (open, close, want-write); the loop watches the
 socket with ``add_reader``/``add_writer`` and a one-second timer runs keepalive.
 
-Reading is ours, writing is paho's. A read wake-up takes up to ``RECV_BYTES`` from the
-socket in one ``recv`` (paho would make about three per packet) and splits it into MQTT
-frames. With an ``on_publish`` handler, QoS 0 and 1 PUBLISH frames are decoded here (topic,
-packet id, payload; v5 properties skipped) and handed over directly: no ``MQTTMessage``, no
-``Properties`` object, no callback lock per message. Every other frame (CONNACK, SUBACK,
-PUBACK, PINGRESP, QoS 2, a topic alias...) is fed to paho's own packet reader, which reads it
-through ``_sock_recv``, so paho keeps its protocol state. Once a wake-up's frames are done,
-``after_read`` runs once, so a caller can batch work per wake-up (e.g. acknowledgements).
+Reading is ours; writing goes through paho's out-packet queue (a caller may queue its own
+frames there, see ``gateway.sinks.outbound``). A read wake-up takes up to ``RECV_BYTES``
+from the socket in one ``recv`` (paho would make about three per packet) and splits it into
+MQTT frames. With an ``on_puback`` handler, PUBACK frames (packet id, v5 reason code) go to
+it and never reach paho. With an ``on_publish`` handler, QoS 0 and 1 PUBLISH frames are
+decoded here (topic, packet id, payload; v5 properties skipped) and handed over directly:
+no ``MQTTMessage``, no ``Properties`` object, no callback lock per message. Every other
+frame (CONNACK, SUBACK, PINGRESP, QoS 2, a topic alias...) is fed to paho's own packet
+reader, which reads it through ``_sock_recv``, so paho keeps its protocol state. Once a
+wake-up's frames are done, ``after_read`` runs once, so a caller can batch work per wake-up
+(e.g. acknowledgements).
 
 The bound on each wake-up keeps the loop fair: about 600 typical readings per read, so
 commits and forwarders get the loop between two reads, however much the broker has queued.
@@ -38,9 +41,12 @@ MISC_INTERVAL = 1.0
 
 PublishHandler = Callable[[bytes, bytes, int, int], None]
 """``(topic, payload, qos, packet id)`` of one QoS 0 or 1 PUBLISH (packet id 0 at QoS 0)."""
+PubackHandler = Callable[[int, int], None]
+"""``(packet id, reason code)`` of one PUBACK (reason 0 when the frame has none)."""
 
 _PUBLISH = 0x30
 """The PUBLISH type bits; with QoS 2 (and the invalid 3) bit 0x04 is also set."""
+_PUBACK = 0x40
 _MAX_LENGTH_BYTES = 4
 _TCP_QUICKACK: int | None = getattr(socket, "TCP_QUICKACK", None)
 """Linux: acknowledge at once what was read instead of after up to 40 ms (delayed ACK)."""
@@ -56,6 +62,7 @@ class PahoDriver:
         after_read: Callable[[], None] | None = None,
         on_publish: PublishHandler | None = None,
         after_write: Callable[[], None] | None = None,
+        on_puback: PubackHandler | None = None,
     ) -> None:
         self.client = client
         self._loop = asyncio.get_running_loop()
@@ -63,6 +70,7 @@ class PahoDriver:
         self._after_read = after_read
         self._after_write = after_write
         self._on_publish = on_publish
+        self._on_puback = on_puback
         self._v5 = client.protocol == mqtt.MQTTv5
         self._sock: Any = None
         self._quick_ack = False
@@ -161,6 +169,7 @@ class PahoDriver:
         end = len(data)
         pos = 0
         publish = self._on_publish
+        puback = self._on_puback
         v5 = self._v5
         try:
             while end - pos >= 2:
@@ -185,6 +194,12 @@ class PahoDriver:
                 stop = body + length
                 if stop > end:
                     return
+                if first == _PUBACK and puback is not None and length >= 2:
+                    pos = stop
+                    puback((data[body] << 8) | data[body + 1], data[body + 2] if length > 2 else 0)
+                    if self._sock is None:
+                        return
+                    continue
                 if publish is not None and first & 0xF4 == _PUBLISH and length >= 2:
                     # PUBLISH at QoS 0 or 1: topic, [packet id], [v5 properties], payload
                     qos = (first >> 1) & 3

@@ -1,8 +1,9 @@
 """Upstream MQTT sink: its config and a publisher that reports each message's PUBACK.
 
-The publisher speaks MQTT v5 through paho on the asyncio loop, so every PUBACK carries a
-reason code: a failure code (e.g. 0x87 not authorized, 0x97 quota exceeded) is a refusal,
-not a delivery. aiomqtt 2.5 resolves ``publish`` on any PUBACK, so it is not used here.
+The publisher speaks MQTT v5 on the asyncio loop (paho for the session, our own frames for
+PUBLISH and PUBACK), so every PUBACK carries a reason code: a failure code (e.g. 0x87 not
+authorized, 0x97 quota exceeded) is a refusal, not a delivery. aiomqtt 2.5 resolves
+``publish`` on any PUBACK, so it is not used here.
 """
 
 from __future__ import annotations
@@ -14,7 +15,7 @@ from collections.abc import Sequence
 from typing import Any, Literal
 
 import paho.mqtt.client as mqtt
-from paho.mqtt.enums import CallbackAPIVersion, MQTTErrorCode
+from paho.mqtt.enums import CallbackAPIVersion
 from paho.mqtt.reasoncodes import ReasonCode
 from pydantic import Field
 
@@ -23,6 +24,7 @@ from gateway.config.types import Duration, StrictModel
 from gateway.errors import SinkError
 from gateway.mqttio import PahoDriver
 from gateway.sinks.forwarder import Outcome
+from gateway.sinks.outbound import Outbound, Round
 from gateway.sinks.topics import TopicTemplate
 from gateway.store.store import OutboxRow
 
@@ -71,42 +73,17 @@ class MqttSinkConfig(StrictModel):
     )
 
 
-class _Round:
-    """The outcomes of one published batch; ``done`` resolves when none is left open (or
-    at the ack timeout, the open ones unconfirmed)."""
-
-    __slots__ = ("done", "left", "outcomes", "timer")
-
-    def __init__(self, n: int, done: asyncio.Future[list[Outcome]]) -> None:
-        self.outcomes: list[Outcome | None] = [None] * n
-        self.left = n
-        self.done = done
-        self.timer: asyncio.TimerHandle | None = None
-
-    def settle(self, index: int, outcome: Outcome) -> None:
-        if self.outcomes[index] is None:
-            self.outcomes[index] = outcome
-            self.left -= 1
-            if not self.left:
-                self.finish()
-
-    def finish(self) -> None:
-        if self.timer is not None:
-            self.timer.cancel()
-            self.timer = None
-        if not self.done.done():
-            self.done.set_result([o or Outcome.UNCONFIRMED for o in self.outcomes])
-
-
 class MqttPublisher:
-    """One MQTT v5 connection to the upstream broker; publishes a batch, reports outcomes."""
+    """One MQTT v5 connection to the upstream broker; publishes a batch, reports outcomes.
+
+    paho connects, keeps alive and disconnects; PUBLISH frames and PUBACKs are ours
+    (``gateway.sinks.outbound``)."""
 
     def __init__(self, config: MqttSinkConfig, client_id: str) -> None:
         self._config = config
         self._client_id = client_id
         self._driver: PahoDriver | None = None
-        self._pending: dict[int, tuple[_Round, int]] = {}  # mid -> its round and place
-        self._unwritten: list[tuple[_Round, int, mqtt.MQTTMessageInfo]] = []  # QoS 0
+        self._outbound: Outbound | None = None
         self.broker_max_packet: int | None = None
         """The broker's Maximum Packet Size from CONNACK, if it sent one."""
 
@@ -119,15 +96,15 @@ class MqttPublisher:
             client.username_pw_set(b.username, b.password)
         if (context := tls_context(b)) is not None:
             client.tls_set_context(context)
-        client.max_inflight_messages_set(cfg.max_inflight)
+        client.max_inflight_messages_set(0)  # no paho queue: the outbound window is the bound
         connack: asyncio.Future[ReasonCode] = asyncio.get_running_loop().create_future()
+        receive_maximum = [cfg.max_inflight]
 
         def on_connect(c: mqtt.Client, _u: Any, _f: Any, rc: ReasonCode, props: Any) -> None:
             self.broker_max_packet = getattr(props, "MaximumPacketSize", None)
-            # paho ignores the broker's Receive Maximum (exceeding it is a protocol error) and
-            # refuses a new limit once connected; nothing is in flight yet on a new client
+            # exceeding the broker's Receive Maximum is a protocol error
             if receive := getattr(props, "ReceiveMaximum", None):
-                c._max_inflight_messages = min(cfg.max_inflight, receive)
+                receive_maximum[0] = min(cfg.max_inflight, receive)
             if not connack.done():
                 connack.set_result(rc)
 
@@ -141,7 +118,9 @@ class MqttPublisher:
         client.on_log = on_log
         client.on_publish = self._on_publish
         client.on_disconnect = self._on_disconnect
-        driver = PahoDriver(client, after_write=self._written)
+        driver = PahoDriver(
+            client, after_read=self._after_read, after_write=self._written, on_puback=self._puback
+        )
         self._driver = driver
         try:
             await driver.connect(b.host, b.port, b.keepalive, clean_start=True)
@@ -159,41 +138,45 @@ class MqttPublisher:
             await self.close()
             raise SinkError(f"{b.host}:{b.port} refused the connection: {why}")
         client.on_log = None  # paho formats every packet's debug line while one is set
+        self._outbound = Outbound(
+            client,
+            driver.write,
+            retain=cfg.retain,
+            receive_maximum=receive_maximum[0],
+            max_packet=self.broker_max_packet,
+        )
+        if driver.lost.done():
+            self._outbound.fail_all()
+
+    def _puback(self, mid: int, reason: int) -> None:
+        if self._outbound is not None:
+            self._outbound.puback(mid, reason)
+
+    def _after_read(self) -> None:
+        if self._outbound is not None:
+            self._outbound.after_read()
+
+    def _written(self) -> None:
+        if self._outbound is not None:
+            self._outbound.written()
 
     def _on_publish(
         self, _c: mqtt.Client, _u: Any, mid: int, rc: ReasonCode, _p: Any = None
     ) -> None:
-        entry = self._pending.pop(mid, None)
-        if entry is not None:
-            entry[0].settle(entry[1], Outcome.REFUSED if rc.is_failure else Outcome.ACKED)
-
-    def _written(self) -> None:
-        """QoS 0 messages are acknowledged once written to the socket."""
-        if self._unwritten:
-            left = []
-            for round_, index, info in self._unwritten:
-                if info.is_published():
-                    round_.settle(index, Outcome.ACKED)
-                else:
-                    left.append((round_, index, info))
-            self._unwritten = left
+        """paho's word on a QoS 2 message (the others never reach paho)."""
+        if self._outbound is not None:
+            self._outbound.completed(mid, rc.is_failure)
 
     def _on_disconnect(self, *_: Any) -> None:
-        self._fail_pending()
-
-    def _fail_pending(self) -> None:
-        pending, self._pending = self._pending, {}
-        unwritten, self._unwritten = self._unwritten, []
-        for round_, index in pending.values():
-            round_.settle(index, Outcome.UNCONFIRMED)
-        for round_, index, _ in unwritten:
-            round_.settle(index, Outcome.UNCONFIRMED)
+        if self._outbound is not None:
+            self._outbound.fail_all()
 
     async def close(self) -> None:
         driver, self._driver = self._driver, None
         if driver is not None:
             driver.close()
-        self._fail_pending()
+        if self._outbound is not None:
+            self._outbound.fail_all()
 
     @property
     def connected(self) -> bool:
@@ -202,38 +185,21 @@ class MqttPublisher:
     def send(self, rows: Sequence[OutboxRow]) -> asyncio.Future[list[Outcome]]:
         """Publish in order, after every earlier round; the future gives one outcome per row
         (those without a PUBACK within ``ack_timeout`` are unconfirmed)."""
-        driver = self._driver
-        if driver is None or driver.lost.done():
+        driver, outbound = self._driver, self._outbound
+        if driver is None or outbound is None or driver.lost.done() or outbound.closed:
             raise SinkError("not connected")
         loop = asyncio.get_running_loop()
-        client, retain = driver.client, self._config.retain
-        round_ = _Round(len(rows), loop.create_future())
-        publish = client.publish
-        queued = (MQTTErrorCode.MQTT_ERR_SUCCESS, MQTTErrorCode.MQTT_ERR_NO_CONN)
-        for index, r in enumerate(rows):
-            info = publish(r.topic, r.payload, qos=r.qos, retain=retain)
-            if r.qos and info.rc in queued:  # paho keeps QoS 1 messages to resend
-                self._pending[info.mid] = (round_, index)
-            elif not r.qos and info.rc == MQTTErrorCode.MQTT_ERR_SUCCESS:
-                self._unwritten.append((round_, index, info))
-            else:
-                round_.settle(index, Outcome.UNCONFIRMED)
-            if driver.lost.done():
-                self._fail_pending()
-        if not driver.lost.done():
-            # Write now rather than on the next writable event: QoS 0 messages are done once
-            # written, so a round of them completes without waiting for the loop to come back.
-            driver.write()
+        round_ = Round(len(rows), loop.create_future())
+        outbound.send(round_, rows)
         if round_.left:
             round_.timer = loop.call_later(self._config.ack_timeout, self._expire, round_)
         return round_.done
 
-    def _expire(self, round_: _Round) -> None:
+    def _expire(self, round_: Round) -> None:
         """No PUBACK in time (or not written): what is still open stays unconfirmed."""
         round_.timer = None
-        for mid in [m for m, (r, _) in self._pending.items() if r is round_]:
-            del self._pending[mid]
-        self._unwritten = [u for u in self._unwritten if u[0] is not round_]
+        if self._outbound is not None:
+            self._outbound.forget(round_)
         round_.finish()
 
 
