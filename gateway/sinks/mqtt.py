@@ -138,15 +138,16 @@ class MqttPublisher:
             await self.close()
             raise SinkError(f"{b.host}:{b.port} refused the connection: {why}")
         client.on_log = None  # paho formats every packet's debug line while one is set
-        self._outbound = Outbound(
+        self._outbound = outbound = Outbound(
             client,
             driver.write,
             retain=cfg.retain,
             receive_maximum=receive_maximum[0],
             max_packet=self.broker_max_packet,
         )
-        if driver.lost.done():
-            self._outbound.fail_all()
+        # paho reports a lost connection through on_disconnect; this also covers a socket
+        # closed any other way
+        driver.lost.add_done_callback(lambda _: outbound.fail_all())
 
     def _puback(self, mid: int, reason: int) -> None:
         if self._outbound is not None:
