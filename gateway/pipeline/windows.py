@@ -304,7 +304,7 @@ while later ones are still being made."""
 DUE_TOLERANCE_S = 0.001
 """A key's closing deadline is moved earlier only when it moves by more than this: a window
 closes at most a millisecond after its deadline, and network jitter in each reading's arrival
-does not push a new timer entry per reading."""
+does not move a key per reading."""
 
 
 class _KeyClock:
@@ -401,7 +401,13 @@ def event_window(
             waiting: dict[float, list[tuple[str, str]]] = {}
             """The keys of each deadline, in the order they were entered."""
             armed = inf
-            """Processing time the timer is set for (``inf``: not set)."""
+            """Processing time the timer is set for (``inf``: not set; ``-inf``: to run at
+            once, to enter the moved keys)."""
+            moved: dict[tuple[str, str], _KeyClock] = {}
+            """Keys whose deadline moved earlier than the one they are entered at, entered
+            anew when the timer next runs: a key catching up on a backlog (its event time
+            running ahead of the clock) moves its deadline with every reading, and this
+            costs it one dict lookup, not a heap entry and a new timer each time."""
             timer = SerialDisposable()
             backlog: deque[tuple[str, str, float, Accumulator]] = deque()
             """Windows closed by the timer, not emitted yet (released ``EMIT_CHUNK`` a turn)."""
@@ -477,6 +483,17 @@ def event_window(
                 if due < armed:
                     arm()
 
+            def move(key: tuple[str, str], clock: _KeyClock, due: float) -> None:
+                """Bring an entered key's deadline earlier; the timer enters it anew, and
+                runs at once to do so if it was set for later than ``due``."""
+                nonlocal armed
+                clock.due = due
+                if key not in moved:
+                    moved[key] = clock
+                if due < armed:
+                    armed = -inf
+                    timer.disposable = scheduler.schedule_relative(0.0, on_due, None)
+
             def on_next(item: Record) -> None:
                 if type(item) is not Reading:
                     emit(item)
@@ -528,7 +545,10 @@ def event_window(
                         close(device, metric, clock, newest)
                         closes = clock.starts[0] + close_after  # this reading's window is open
                     if (due := arrival + (closes - newest)) < clock.due - tolerance:
-                        expect(key, clock, due)
+                        if clock.due == inf:
+                            expect(key, clock, due)
+                        else:
+                            move(key, clock, due)
                 except Exception:  # the per-item boundary: count, drop, carry on
                     counters.inc(component, "error")
 
@@ -538,6 +558,10 @@ def event_window(
                 armed = inf
                 # never before the deadline it was set for (a timer may run a hair early)
                 now = max(clock_now(), target if target is not None else -inf)
+                if moved:
+                    for key, clock in moved.items():
+                        enter(key, clock, clock.due)  # its older entry goes stale
+                    moved.clear()
                 due_now: list[tuple[str, str, float, Accumulator]] = []
                 append = due_now.append
                 while dues and dues[0] <= now:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import random
 from collections.abc import Callable
 from typing import cast
@@ -391,3 +392,102 @@ def test_transit_jitter_below_the_lateness_does_not_change_the_aggregates(
     live_out = emitted(live_scheduler.start(lambda: op(live), disposed=100_000))
     _, fast = run_both_ways(readings)
     assert summary(live_out) == fast
+
+
+def test_a_key_catching_up_moves_its_deadline_without_a_timer_per_reading() -> None:
+    """A backlog of 50 readings in one instant, each 0.1 s further in event time: the key's
+    deadline moves earlier with every one, and the timer is set 4 times (when the window
+    opens, at once to enter the key anew, for its new deadline and for its old one, then
+    stale), not once per reading."""
+    scheduled: list[float] = []
+
+    class Counting(TestScheduler):
+        def schedule_relative(self, duetime, action, state=None):  # type: ignore[no-untyped-def]
+            scheduled.append(float(duetime))
+            return super().schedule_relative(duetime, action, state)
+
+    scheduler = Counting()
+    op = windows.event_window(10.0, None, ("count",), 2.0, None, step_context(scheduler))
+    source: Subject[Record] = Subject()
+    observer = scheduler.create_observer()
+    op(source).subscribe(observer)
+
+    def backlog(*_: object) -> None:
+        for i in range(50):
+            source.on_next(reading(1, ts=100.0 + i / 10))
+
+    scheduler.schedule_absolute(201, backlog)
+    scheduler.start()
+    assert len(scheduled) == 4
+    [(when, device, start, count)] = aggregates_at(emitted(observer))
+    assert (device, start, count) == ("d1", 100.0, 50)
+    assert when == pytest.approx(201 + 112 - 104.9)  # by the newest reading's deadline
+
+
+def expected_windows(
+    arrivals: list[tuple[float, str, float]], size: float, lateness: float
+) -> list[tuple[float, str, float, int]]:
+    """What a tumbling event window emits, worked out per key the plain way: a window closes
+    when a reading's watermark passes its end (at that reading), or when the deadline set by
+    the key's newest reading (``arrival + end + lateness - newest``) comes before its next
+    reading (at once if it is already past); a reading for a window already closed is late."""
+    out: list[tuple[float, str, float, int]] = []
+    for key in sorted({k for _, k, _ in arrivals}):
+        newest, arrival, last = -math.inf, 0.0, 0.0
+        counts: dict[float, int] = {}
+        closed: set[float] = set()
+        for p, ts in [(a[0], a[2]) for a in arrivals if a[1] == key] + [(math.inf, None)]:
+            for start in sorted(counts):  # the deadlines that come before this reading
+                due = arrival + (start + size + lateness - newest)
+                if due > p or p == last:  # a timer set in this instant runs after it
+                    break
+                out.append((max(due, last), key, start, counts.pop(start)))  # past: at once
+                closed.add(start)
+            if ts is None:
+                break
+            last = p
+            if ts > newest:
+                newest, arrival = ts, p
+            start = math.floor(ts / size) * size
+            if start + size + lateness <= newest or start in closed:
+                continue  # late
+            counts[start] = counts.get(start, 0) + 1
+            for start in sorted(counts):  # the watermark passes their end
+                if start + size + lateness <= newest:
+                    out.append((p, key, start, counts.pop(start)))
+                    closed.add(start)
+    return sorted(out)
+
+
+@settings(max_examples=60, deadline=None)
+@given(
+    st.lists(
+        st.tuples(
+            st.sampled_from(["a", "b"]),
+            st.sampled_from([0, 0, 0, 1, 2, 7, 20]),  # processing time to the next reading
+            st.sampled_from([-2, -1, 0, 1, 1, 2, 3, 6]),  # its event time, to the key's last
+        ),
+        min_size=1,
+        max_size=80,
+    )
+)
+def test_windows_close_by_the_deadline_of_each_key_s_newest_reading(
+    steps: list[tuple[str, int, int]],
+) -> None:
+    """Devices that pause, catch up (event time running ahead of the clock, many readings
+    in one instant) and send out of order: every window closes when the plain per-key rule
+    says, however often its deadline moved."""
+    p = 201.0
+    last = {"a": 100.5, "b": 103.5}  # x.5: a deadline never falls on a reading's instant
+    arrivals: list[tuple[float, str, float]] = []
+    for key, gap, step in steps:
+        p += gap
+        last[key] += step
+        arrivals.append((p, key, last[key]))
+    scheduler = TestScheduler()
+    op = windows.event_window(10.0, None, ("count",), 2.0, None, step_context(scheduler))
+    xs = scheduler.create_hot_observable(
+        *[at(t, reading(1, ts=ts, device=key)) for t, key, ts in arrivals]
+    )
+    out = aggregates_at(emitted(scheduler.start(lambda: op(xs), disposed=100_000)))
+    assert sorted(out) == expected_windows(arrivals, 10.0, 2.0)
