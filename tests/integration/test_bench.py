@@ -92,4 +92,5 @@ def test_soak_samples_rss_and_reports_its_slope_and_final_value(tmp_path: Path) 
     assert any(n.startswith("filled first: 50 readings per device (1000 ") for n in soak["notes"])
     (trend,) = [n for n in soak["notes"] if "MB/hour" in n]
     per_device = int(trend.split(" per device")[0].rsplit(" ", 1)[1])
-    assert "(20 devices" in trend and per_device >= 50 + 4 * 500 // 20 - 1, trend
+    assert "(20 devices" in trend
+    assert per_device >= 50 + 4 * 500 // 20 - 1, trend
