@@ -531,22 +531,47 @@ class Bench:
                 publisher.stop()
             self._ratio(result, ceiling)
 
-    def soak(self, name: str, seconds: float, ceiling: str, rate: float | None = None) -> None:
-        """The full pipeline at ``rate`` (default: the latency rate) from 10,000 devices for
-        ``seconds`` after a warm-up: RSS sampled every second, its slope over the second
-        half in MB/hour, and the final RSS."""
+    def soak(
+        self,
+        name: str,
+        seconds: float,
+        ceiling: str,
+        rate: float | None = None,
+        devices: int | None = None,
+        fill: int = 0,
+    ) -> None:
+        """The full pipeline at ``rate`` (default: the latency rate) from ``devices``
+        (default 10,000) for ``seconds`` after a warm-up: RSS sampled every second, its slope
+        over the second half in MB/hour, and the final RSS. With ``fill``, the warm-up first
+        sends that many readings per device (at the latency rate, through the broker as any
+        reading), so that per-device state such as the detector's windows is full before the
+        first sample."""
         with self._scenario(name, "soak") as result:
             pipelines = self._full_pipelines(result)
             workdir, config = self._config(name, pipelines, qos_in=0, qos_out=1)
             publisher = Agent("publish", "--port", str(self.local.port), "--qos", "0")
             system = GatewayRun(workdir, config, "subscribed to", self.collector, False)
             try:
-                load = Load(publisher, devices=self.p.rss_devices)
+                devices = devices or self.p.rss_devices
+                load = Load(publisher, devices=devices)
                 rate = rate or self.p.latency_rate
+                sent = 0
+                if fill:
+                    t_fill = time.monotonic()
+                    fill_rate = max(rate, self.p.latency_rate)
+                    while sent < fill * devices:
+                        count = min(int(fill_rate * SOAK_SAMPLE_S), fill * devices - sent)
+                        n, _ = load.send(fill_rate, count, self.seq)
+                        self.seq += n
+                        sent += n
+                    self._settle(system, until=sent, quiet_s=5.0, timeout=120.0)
+                    result.notes.append(
+                        f"filled first: {fill} readings per device ({sent} at {fill_rate:.0f}/s,"
+                        f" {time.monotonic() - t_fill:.0f}s) before the warm-up"
+                    )
                 warmup = self.p.window_s + self.p.lateness_s + 2
                 samples: list[tuple[float, float]] = []
                 behind: list[tuple[float, float]] = []  # (seconds, sent but not stored yet)
-                sent = 0
                 cpu0, t0 = cpu_seconds(system.pid), time.monotonic()
                 while (elapsed := time.monotonic() - t0) < seconds + warmup:
                     n, _ = load.send(rate, max(int(rate * SOAK_SAMPLE_S), 1), self.seq)
@@ -574,9 +599,9 @@ class Bench:
                         f"RSS {trend.first_mb:.1f} -> {trend.half_mb:.1f} (half way) -> "
                         f"{trend.final_mb:.1f} MB over {seconds:.0f}s after a {warmup:.0f}s "
                         f"warm-up; second-half slope {trend.slope_mb_per_hour:+.2f} MB/hour "
-                        f"({self.p.rss_devices} devices, {rate:.0f}/s, {sent} readings: "
-                        f"{sent // self.p.rss_devices} per device, so per-device state such as "
-                        "a detector's last-N window may still be filling)"
+                        f"({devices} devices, {rate:.0f}/s, {sent} readings: "
+                        f"{sent // devices} per device; the default detector's windows are "
+                        "full from 2,016 per device)"
                     )
                 result.steps = [{"s": round(t, 1), "rss_mb": round(r, 1)} for t, r in samples]
                 for (_, b), step in zip(behind, result.steps[::SOAK_BACKLOG_EVERY], strict=True):
@@ -873,7 +898,14 @@ def run(args: argparse.Namespace) -> int:
             if "soak" in only:
                 seconds = args.soak or (5.0 if args.quick else 600.0)
                 parse = "ceiling: paho subscribe q0"
-                bench.soak("gateway: soak, full pipeline", seconds, parse, args.soak_rate)
+                bench.soak(
+                    "gateway: soak, full pipeline",
+                    seconds,
+                    parse,
+                    args.soak_rate,
+                    args.soak_devices,
+                    args.soak_fill,
+                )
         finally:
             bench.close()
     results = list(bench.results.values())
@@ -916,4 +948,20 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument(
         "--soak-rate", type=float, metavar="N", help="readings/s of the soak (default 5000)"
+    )
+    parser.add_argument(
+        "--soak-devices",
+        type=int,
+        metavar="N",
+        help="devices of the soak (default 10000); fewer devices see more readings each",
+    )
+    parser.add_argument(
+        "--soak-fill",
+        type=int,
+        default=0,
+        metavar="N",
+        help="before the soak's samples, send N readings per device (at 5000/s or the soak "
+        "rate if higher): with N >= 2016 every device's default detector holds its full "
+        "windows, so the slope is that of a steady state (e.g. --soak-devices 500 "
+        "--soak-fill 2100: about 4 minutes)",
     )

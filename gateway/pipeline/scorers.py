@@ -22,6 +22,9 @@ from sortedcontainers import SortedList
 
 FLAT_MAX = 4096
 """Windows up to this size keep their sorted copy in a plain list (see OrderedWindow)."""
+NOVELTY_BLOCK = 8
+"""``anomaly``: the novelty memory beyond the level window keeps the range of each block of
+this many readings (see BlockMemory)."""
 SPARSE_SLOTS = 16
 """A seasonal profile keeps up to this many slots in a dict before it takes an array."""
 CLIP = 3.0
@@ -221,7 +224,8 @@ class OrderedWindow:
         ring = self.ring
         return ring[(self.oldest - n) % len(ring)]
 
-    def add(self, value: float) -> None:
+    def add(self, value: float) -> float | None:
+        """Add ``value``; return the value it evicts (as stored), if the window was full."""
         ring, ordered = self.ring, self.sorted
         evicted: float | None = None
         if len(ring) < self.size:
@@ -239,6 +243,7 @@ class OrderedWindow:
             ordered.add(ring[self.oldest - 1])  # as stored: rounded if the ring is float32
             if evicted is not None:
                 ordered.remove(evicted)
+        return evicted
 
     def quantile(self, q: float) -> float:
         ordered = self.sorted
@@ -259,43 +264,63 @@ class OrderedWindow:
         return MAD_PER_SIGMA * (self.quantile(0.75) - self.quantile(0.25)) / 2.0
 
 
-class RecentWindow(OrderedWindow):
-    """The last ``size`` values of a longer ``OrderedWindow``, sorted, without a ring.
+class BlockMemory:
+    """A long memory of values for one question, :meth:`near`: did any of them lie within
+    ``gap`` of a given value?
 
-    The arrival order is read from the longer window's ring, which already holds it: call
-    ``add`` before the longer window's. Half the memory of an ``OrderedWindow`` of its own.
-    It may hold fewer values than ``size`` (after a ``reset``): always the most recent ones.
+    Values are kept in blocks of ``block`` consecutive ones: each block's min and max
+    (float32), and each value as a byte, its place between them in 255 steps. ``blocks``
+    blocks remember ``blocks * block`` values in ``blocks * (block + 8)`` bytes, where the
+    sorted float32 ring it replaces took 8 bytes a value; a value is off by at most half a
+    step (1/510 of its block's range), and the extremes (a past spike is its block's max)
+    are exact. The question scans the blocks' ranges (O(blocks)), then the bytes of the
+    blocks whose range comes within ``gap``: it is asked for rare readings only.
     """
 
-    __slots__ = ("count", "longer")
+    __slots__ = ("block", "blocks", "codes", "high", "low", "next", "pending")
 
-    def __init__(self, size: int, longer: OrderedWindow) -> None:
-        assert size <= min(longer.size, FLAT_MAX)
-        self.size, self.longer, self.count = size, longer, 0
-        self.sorted = longer.ring[:0]  # an empty array of the same type
-
-    def __len__(self) -> int:
-        return self.count
-
-    def latest(self, n: int) -> list[float]:
-        return self.longer.latest(min(n, self.count))
+    def __init__(self, blocks: int, block: int) -> None:
+        self.blocks, self.block = blocks, block
+        self.low = array("f")
+        self.high = array("f")
+        self.codes = array("B")
+        self.next = 0
+        """Index of the next block to overwrite, once ``blocks`` are full."""
+        self.pending: list[float] = []
+        """The values of the block being filled, as they are."""
 
     def add(self, value: float) -> None:
-        ordered = self.sorted
-        assert isinstance(ordered, array)
-        insort(ordered, value)
-        if self.count < self.size:
-            self.count += 1
-        else:
-            del ordered[bisect_left(ordered, self.longer.ago(self.size))]
+        pending = self.pending
+        pending.append(value)
+        if len(pending) < self.block:
+            return
+        low, high = min(pending), max(pending)
+        per_step = 255.0 / (high - low) if high > low else 0.0
+        codes = array("B", [round((x - low) * per_step) for x in pending])
+        pending.clear()
+        if len(self.low) < self.blocks:
+            self.low.append(low)
+            self.high.append(high)
+            self.codes.extend(codes)
+            return
+        i = self.next
+        self.low[i], self.high[i] = low, high
+        self.codes[i * self.block : (i + 1) * self.block] = codes
+        self.next = i + 1 if i + 1 < self.blocks else 0
 
-    def reset(self, keep: int) -> None:
-        """Keep only the ``keep`` most recent values."""
-        recent = self.longer.latest(min(keep, self.count))
-        ordered = self.longer.ring[:0]
-        ordered.extend(sorted(recent))
-        self.sorted = ordered
-        self.count = len(recent)
+    def near(self, value: float, gap: float) -> bool:
+        """Whether a remembered value lies within ``gap`` (give or take half a step)."""
+        if any(abs(x - value) <= gap for x in self.pending):
+            return True
+        above, below, block, codes = value - gap, value + gap, self.block, self.codes
+        for i, (low, high) in enumerate(zip(self.low, self.high, strict=True)):
+            if low > below or high < above:
+                continue
+            step = (high - low) / 255.0
+            start = i * block
+            if any(above <= low + c * step <= below for c in codes[start : start + block]):
+                return True
+        return False
 
 
 class MadScorer:
@@ -382,10 +407,12 @@ class SeasonalProfile:
     doubles (NaN: a slot never seen).
     """
 
-    __slots__ = ("alpha", "count", "last_dt", "last_ts", "period", "step", "values")
+    __slots__ = ("alpha", "count", "last_dt", "last_ts", "period", "step", "typecode", "values")
 
-    def __init__(self, period: float, buckets: int, alpha: float) -> None:
-        self.period, self.count, self.alpha = period, buckets, alpha
+    def __init__(
+        self, period: float, buckets: int, alpha: float, typecode: Literal["d", "f"] = "d"
+    ) -> None:
+        self.period, self.count, self.alpha, self.typecode = period, buckets, alpha, typecode
         self.values: dict[int, float] | array[float] = {}
         self.last_ts = -math.inf
         self.last_dt = math.inf
@@ -419,7 +446,7 @@ class SeasonalProfile:
         if residual is None:
             values[slot] = value
             if type(values) is dict and len(values) > SPARSE_SLOTS:
-                dense = array("d", [math.nan]) * self.count  # 8 B a slot
+                dense = array(self.typecode, [math.nan]) * self.count  # 8 B a slot, or 4
                 for i, usual in values.items():
                     dense[i] = usual
                 self.values = dense
@@ -608,20 +635,25 @@ class AnomalyScorer:
     sensible scale) and ``floor`` times the window's 1%-99% spread; for the level, also the
     distance from the median to the 1% tail on the reading's side over ``TAIL`` (so a
     heavy-tailed, spiky signal needs a spike beyond its usual ones). Memory is bounded and
-    grows to ``4 * (2 * memory + 3 * window) + 8 * buckets`` bytes per key (float32 windows,
-    the level's sharing the memory's ring): about 24 KB with the defaults. Each reading
-    costs O(log memory).
+    grows to ``16 * window + (1 + 8 / block) * (memory - window) + 4 * buckets`` bytes per key: the
+    level and residual windows (float32, each a ring and a sorted copy), the novelty
+    memory beyond the level window in :class:`BlockMemory` (a byte a reading, off by at most
+    1/510 of its block's range), the profile in float32: about 13 KB with the defaults.
+    Each reading costs O(log window); a point anomaly's novelty check O(memory / block).
     """
 
     __slots__ = (
+        "block",
         "floor",
         "level",
         "limit",
-        "memory",
         "min_count",
         "novelty",
+        "older",
+        "older_blocks",
         "persist",
         "profile",
+        "recent",
         "residuals",
         "run_level",
         "run_seasonal",
@@ -640,18 +672,21 @@ class AnomalyScorer:
         memory: int = 2016,
         novelty: float = 0.05,
         persist: int = 6,
+        block: int = NOVELTY_BLOCK,
     ) -> None:
         self.window = window
         # float32: a value's 7 significant digits are more than a sensor gives, and half
-        # the memory. The level window is the memory's most recent values when it can be.
-        self.memory = OrderedWindow(memory, "f")
-        self.level: OrderedWindow = (
-            RecentWindow(window, self.memory)
-            if window <= min(memory, FLAT_MAX)
-            else OrderedWindow(window, "f")
-        )
+        # the memory. The novelty memory is the level window's exact values, then the
+        # ranges of blocks of the older readings (the level's evictions), up to ``memory``.
+        self.level = OrderedWindow(window, "f")
+        self.recent = OrderedWindow(memory, "f") if memory < window else None
+        """The novelty memory when it is shorter than the level window."""
+        self.older: BlockMemory | None = None
+        """The novelty memory beyond the level window, from the first reading it evicts
+        (unused when ``recent`` is)."""
+        self.older_blocks, self.block = max(1, -(-(memory - window) // block)), block
         self.residuals = OrderedWindow(window, "f")
-        self.profile = SeasonalProfile(period, buckets, alpha)
+        self.profile = SeasonalProfile(period, buckets, alpha, "f")
         self.limit, self.min_count, self.floor = limit, min_count, floor
         self.novelty, self.persist = novelty, persist
         self.run_level = 0
@@ -667,12 +702,15 @@ class AnomalyScorer:
 
     def _novel(self, value: float, distance: float) -> bool:
         """Whether every recent value is farther than ``novelty`` * ``distance`` away."""
-        ordered = self.memory.sorted
+        recent = self.level if self.recent is None else self.recent
+        ordered = recent.sorted
         i = bisect_left(ordered, value)
         gap = self.novelty * distance
         if i < len(ordered) and ordered[i] - value <= gap:
             return False
-        return not (i > 0 and value - ordered[i - 1] <= gap)
+        if i > 0 and value - ordered[i - 1] <= gap:
+            return False
+        return self.older is None or not self.older.near(value, gap)
 
     def observe(self, ts: float, value: float) -> Finding | None:
         # Each sigma is a max of estimates: the 10%-90% one alone is a lower bound, and a
@@ -716,8 +754,11 @@ class AnomalyScorer:
                 finding = self._finding(median, diff, deviation, point >= pattern)
             if abs(self.run_level) >= self.persist:
                 self._rebase()
-        level.add(value)
-        self.memory.add(value)
+        evicted = level.add(value)
+        if self.recent is not None:
+            self.recent.add(value)
+        elif evicted is not None:
+            self._remember(evicted)
         if seasonal is not None:
             residuals.add(seasonal)
         return finding
@@ -742,15 +783,21 @@ class AnomalyScorer:
             {"median": median, "scale": scale, "z_level": z_level, "z_seasonal": z_seasonal},
         )
 
+    def _remember(self, value: float) -> None:
+        """Keep a reading the level window let go in the older novelty memory."""
+        older = self.older
+        if older is None:
+            older = self.older = BlockMemory(self.older_blocks, self.block)
+        older.add(value)
+
     def _rebase(self) -> None:
         """The level has moved: keep only the readings of the new regime."""
         keep = abs(self.run_level) - 1  # the reading that ends the run is added by observe
-        level = self.level
-        if isinstance(level, RecentWindow):
-            level.reset(keep)
-        else:
-            recent = level.latest(keep)
-            self.level = level = OrderedWindow(self.window, "f")
-            for x in recent:
-                level.add(x)
+        old = self.level.latest(len(self.level))
+        self.level = level = OrderedWindow(self.window, "f")
+        for x in old[len(old) - keep :]:
+            level.add(x)
+        if self.recent is None:
+            for x in old[: len(old) - keep]:
+                self._remember(x)  # still remembered, as older readings
         self.run_level = 0

@@ -76,6 +76,7 @@ def test_soak_samples_rss_and_reports_its_slope_and_final_value(tmp_path: Path) 
     out = tmp_path / "soak.json"
     cmd = [sys.executable, "-m", "gateway.cli", "bench", "--quick", "--only", "soak"]
     cmd += ["--soak", "4", "--soak-rate", "500", "--json", str(out)]
+    cmd += ["--soak-devices", "20", "--soak-fill", "50"]  # 50 readings per device first
     proc = subprocess.run(cmd, capture_output=True, text=True, timeout=100, check=False)
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert "MB/hour" in proc.stdout
@@ -88,3 +89,8 @@ def test_soak_samples_rss_and_reports_its_slope_and_final_value(tmp_path: Path) 
     assert soak["steps"][0]["behind"] >= 0  # readings not stored yet, every 10 samples
     assert isinstance(soak["rss_slope_mb_per_hour"], float)
     assert not any(n.startswith(("failed", "lost")) for n in soak["notes"]), soak["notes"]
+    assert any(n.startswith("filled first: 50 readings per device (1000 ") for n in soak["notes"])
+    (trend,) = [n for n in soak["notes"] if "MB/hour" in n]
+    per_device = int(trend.split(" per device")[0].rsplit(" ", 1)[1])
+    assert "(20 devices" in trend
+    assert per_device >= 50 + 4 * 500 // 20 - 1, trend

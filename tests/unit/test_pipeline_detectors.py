@@ -17,8 +17,8 @@ from gateway.model import Aggregate, Alert, Message, Reading, Record
 from gateway.pipeline.context import Operator
 from gateway.pipeline.scorers import (
     AnomalyScorer,
+    BlockMemory,
     OrderedWindow,
-    RecentWindow,
     SeasonalProfile,
 )
 from gateway.pipeline.steps import Step
@@ -458,19 +458,33 @@ def test_a_float32_window_keeps_values_rounded_and_evicts_them_exactly() -> None
     assert window.quantile(0.5) == pytest.approx(statistics.median(values[-50:]), rel=1e-6)
 
 
-def test_a_recent_window_is_the_latest_values_of_the_longer_one() -> None:
-    rng = random.Random(4)
-    longer = OrderedWindow(30, "f")
-    recent = RecentWindow(10, longer)
-    values = [float(rng.randint(0, 9)) for _ in range(100)]
-    for i, v in enumerate(values):
-        recent.add(v)
-        longer.add(v)
-        if i == 60:
-            recent.reset(3)  # a regime change keeps the 3 latest, then grows again
-    assert len(recent) == 10
-    assert list(recent.sorted) == sorted(values[-10:])
-    assert recent.latest(4) == values[-4:]
+def test_a_full_window_returns_the_value_it_evicts() -> None:
+    window = OrderedWindow(3, "f")
+    assert [window.add(v) for v in (1.0, 2.0, 3.0, 4.0, 5.0)] == [None, None, None, 1.0, 2.0]
+    assert list(window.sorted) == [3.0, 4.0, 5.0]
+
+
+def test_a_block_memory_knows_what_the_values_it_remembers_know() -> None:
+    rng = random.Random(6)
+    memory = BlockMemory(blocks=20, block=8)
+    values = [rng.choice([rng.gauss(0, 1), rng.gauss(10, 3)]) for _ in range(1000)]
+    for v in values:
+        memory.add(v)
+    remembered = values[-(20 * 8 + 1000 % 8) :]  # 20 full blocks and the one being filled
+    forgotten = values[: -len(remembered)]
+    checked = 0
+    for _ in range(2000):
+        query, gap = rng.uniform(-5, 25), rng.uniform(0.1, 2.0)
+        nearest = min(abs(x - query) for x in remembered)
+        if abs(nearest - gap) < 30 / 510:  # within half a step of a block's range: rounded
+            continue
+        assert memory.near(query, gap) == (nearest <= gap), (query, gap, nearest)
+        checked += 1
+    assert checked > 1800
+    spike = max(forgotten) + 100.0  # beyond its memory, whatever it once saw
+    assert not memory.near(spike, 1.0)
+    memory.add(spike)
+    assert memory.near(spike, 0.0)
 
 
 def test_a_seasonal_profile_is_sparse_until_it_has_seen_many_slots() -> None:
@@ -484,17 +498,16 @@ def test_a_seasonal_profile_is_sparse_until_it_has_seen_many_slots() -> None:
     assert [sparse.residual(s, 10.0) for s in (0, 7, 287)] == [9.0, 2.0, -278.0]
 
 
-def test_the_anomaly_level_window_sharing_the_memory_ring_changes_no_verdict() -> None:
+def test_the_anomaly_novelty_memory_in_blocks_changes_no_verdict() -> None:
     rng = random.Random(5)
-    shared = AnomalyScorer(window=200, min_count=100)
-    own = AnomalyScorer(window=200, min_count=100)
-    own.level = OrderedWindow(200, "f")  # a ring of its own, as when memory < window
+    blocks = AnomalyScorer(window=200, min_count=100)
+    exact = AnomalyScorer(window=200, min_count=100, block=1)  # one value a block: exact
     verdicts: tuple[list[int], list[int]] = ([], [])
     for i in range(3000):
         value = rng.gauss(50, 1) + (30 if i % 700 == 0 else 0) + (10 if i >= 1500 else 0)
-        for scorer, found in zip((shared, own), verdicts, strict=True):
+        for scorer, found in zip((blocks, exact), verdicts, strict=True):
             if scorer.observe(i * 300.0, value) is not None:
                 found.append(i)
-    assert isinstance(shared.level, RecentWindow)
     assert verdicts[0] == verdicts[1]
     assert {700, 1400, 2100} <= set(verdicts[0])  # 2800 repeats 2100: not new
+    assert 2800 not in verdicts[0]
