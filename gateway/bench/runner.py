@@ -246,6 +246,8 @@ class Bench:
         if lo is not None:
             result.readings_per_s = round(lo.achieved)
             result.cpu_pct_at_max = round(lo.cpu_pct, 1)
+        # What comes next (latency at a fixed rate) must not queue behind the ramp's backlog.
+        self._settle(system, until=expected, quiet_s=2.0, timeout=60.0)
 
     def latency(
         self, system: System, load: Load, result: Result, seconds: float, rate: float | None = None
