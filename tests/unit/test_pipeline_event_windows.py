@@ -234,15 +234,21 @@ def test_the_deadline_follows_the_device_clock_offset_and_transit_delay() -> Non
     assert out == [(212.25, "d1", 100.0, 3)]
 
 
+class CountingScheduler(TestScheduler):
+    """A TestScheduler that records every relative due time it is asked for (timers armed)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.scheduled: list[float] = []
+
+    def schedule_relative(self, duetime, action, state=None):  # type: ignore[no-untyped-def]
+        self.scheduled.append(float(duetime))
+        return super().schedule_relative(duetime, action, state)
+
+
 def test_many_keys_closing_at_once_share_one_timer() -> None:
-    scheduled: list[float] = []
-
-    class Counting(TestScheduler):
-        def schedule_relative(self, duetime, action, state=None):  # type: ignore[no-untyped-def]
-            scheduled.append(float(duetime))
-            return super().schedule_relative(duetime, action, state)
-
-    scheduler = Counting()
+    scheduler = CountingScheduler()
+    scheduled = scheduler.scheduled
     op = windows.event_window(10.0, None, ("count",), 2.0, None, step_context(scheduler))
     keys = [f"dev-{i:04d}" for i in range(1000)]
     xs = scheduler.create_hot_observable(
@@ -399,14 +405,8 @@ def test_a_key_catching_up_moves_its_deadline_without_a_timer_per_reading() -> N
     deadline moves earlier with every one, and the timer is set 4 times (when the window
     opens, at once to enter the key anew, for its new deadline and for its old one, then
     stale), not once per reading."""
-    scheduled: list[float] = []
-
-    class Counting(TestScheduler):
-        def schedule_relative(self, duetime, action, state=None):  # type: ignore[no-untyped-def]
-            scheduled.append(float(duetime))
-            return super().schedule_relative(duetime, action, state)
-
-    scheduler = Counting()
+    scheduler = CountingScheduler()
+    scheduled = scheduler.scheduled
     op = windows.event_window(10.0, None, ("count",), 2.0, None, step_context(scheduler))
     source: Subject[Record] = Subject()
     observer = scheduler.create_observer()
