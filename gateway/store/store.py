@@ -65,6 +65,7 @@ from gateway.counters import Counters
 from gateway.model import Aggregate, Alert, Reading
 from gateway.store.config import StoreConfig
 from gateway.store.schema import create_schema
+from gateway.store.statements import Insert, delete_outbox, insert_rows
 
 log = logging.getLogger("gateway.store")
 
@@ -88,25 +89,17 @@ commit writes the WAL from its beginning instead of growing it."""
 RETRY_INITIAL = 0.1
 RETRY_MAX = 10.0
 
-_INSERT_READING = (
-    "INSERT OR IGNORE INTO readings (source, device, metric, ts, value, seq)"
-    " VALUES (?, ?, ?, ?, ?, ?)"
+_READINGS = Insert("INSERT OR IGNORE INTO readings (source, device, metric, ts, value, seq)", 6)
+_AGGREGATES = Insert(
+    'INSERT INTO aggregates (pipeline, step, device, metric, "start", "end", count, stats)', 8
 )
-_INSERT_AGGREGATE = (
-    'INSERT INTO aggregates (pipeline, step, device, metric, "start", "end", count, stats)'
-    " VALUES (?, ?, ?, ?, ?, ?, ?, ?)"
-)
-_INSERT_ALERT = (
+_ALERTS = Insert(
     "INSERT INTO alerts (pipeline, step, device, metric, kind, state, severity, ts, value,"
-    " threshold, message, score, evidence) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
+    " threshold, message, score, evidence)",
+    13,
 )
-_INSERT_DEAD_LETTER = (
-    "INSERT INTO dead_letters (source, ts, reason, detail, raw) VALUES (?, ?, ?, ?, ?)"
-)
-_INSERT_OUTBOX = (
-    "INSERT INTO outbox (id, sink, msg_id, topic, payload, qos, created, priority)"
-    " VALUES (?, ?, ?, ?, ?, ?, ?, ?)"
-)
+_DEAD_LETTERS = Insert("INSERT INTO dead_letters (source, ts, reason, detail, raw)", 5)
+_OUTBOX = Insert("INSERT INTO outbox (id, sink, msg_id, topic, payload, qos, created, priority)", 8)
 PRIORITY_ALERT, PRIORITY_AGGREGATE, PRIORITY_READING = 0, 1, 2
 """Outbox priorities: a sink sends the lowest first; overflow drops the highest first."""
 
@@ -227,6 +220,10 @@ class Store:
     ``async with Store(...) as store:``.
     """
 
+    _chunk_rows = 128
+    """Rows per INSERT statement (fewer if SQLite binds fewer variables); 0 restores the former
+    shapes, one ``executemany`` row by row and one outbox DELETE per chunk size, to compare."""
+
     def __init__(
         self, config: StoreConfig, counters: Counters, clock: Callable[[], float] = time.time
     ) -> None:
@@ -263,6 +260,7 @@ class Store:
         self._taken: dict[str, frozenset[int]] = {}  # per sink, the rows in flight (writer thread)
         self._ob_bytes = 0
         self._ob_next_id = 1  # writer thread only: outbox ids are assigned here, in order
+        self._var_limit = 999  # writer thread: SQLITE_LIMIT_VARIABLE_NUMBER, read at open
         self._feeds: dict[str, OutboxFeed] = {}
         self.outbox_epoch = 0
         """Bumped whenever rows leave the outbox by policy (overflow, expiry), so a sink that
@@ -758,6 +756,7 @@ class Store:
 
     def _open_db(self) -> None:
         conn = sqlite3.connect(self.config.path)
+        self._var_limit = conn.getlimit(sqlite3.SQLITE_LIMIT_VARIABLE_NUMBER)
         db = Database(conn, execute_plugins=False)
         try:
             db.execute(f"PRAGMA busy_timeout = {BUSY_TIMEOUT_MS}")
@@ -800,25 +799,23 @@ class Store:
 
     def _insert(self, conn: sqlite3.Connection, batch: _Batch, *, isolate: bool) -> _Written:
         """Insert every kind of item; with ``isolate`` row by row, skipping bad rows."""
-        run = _insert_each if isolate else _insert_many
-        readings, bad_readings = run(conn, _INSERT_READING, _reading_row, batch.readings)
+        run = _insert_each if isolate else partial(_insert_many, self._chunk_rows, self._var_limit)
+        readings, bad_readings = run(conn, _READINGS, _reading_row, batch.readings)
         rejected = bad_readings
-        _, bad = run(conn, _INSERT_AGGREGATE, _aggregate_row, batch.aggregates)
+        _, bad = run(conn, _AGGREGATES, _aggregate_row, batch.aggregates)
         rejected += bad
-        _, bad = run(conn, _INSERT_ALERT, _alert_row, batch.alerts)
+        _, bad = run(conn, _ALERTS, _alert_row, batch.alerts)
         rejected += bad
-        dead_letters, bad = run(conn, _INSERT_DEAD_LETTER, _same_row, batch.dead_letters)
+        dead_letters, bad = run(conn, _DEAD_LETTERS, _same_row, batch.dead_letters)
         rejected += bad
         first_id = self._ob_next_id
         numbered = [(first_id + i, *row) for i, row in enumerate(batch.outbox)]
         self._ob_next_id += len(numbered)
         if isolate:
-            numbered = [
-                row for row in numbered if _insert_each(conn, _INSERT_OUTBOX, _same_row, [row])[0]
-            ]
+            numbered = [row for row in numbered if _insert_each(conn, _OUTBOX, _same_row, [row])[0]]
             rejected += len(batch.outbox) - len(numbered)
-        elif numbered:
-            conn.executemany(_INSERT_OUTBOX, numbered)
+        elif numbered:  # ids are explicit: each row keeps the id it was numbered with
+            insert_rows(conn, _OUTBOX, numbered, _OUTBOX.chunk(self._chunk_rows, self._var_limit))
         if numbered:
             self._ob_rows += len(numbered)
             self._ob_bytes += sum(len(row[4]) for row in numbered)
@@ -853,7 +850,7 @@ class Store:
         db = self._database()
         with db.atomic():
             db.conn.executemany(
-                _INSERT_DEAD_LETTER,
+                _DEAD_LETTERS.one,
                 (
                     (
                         sink,
@@ -874,20 +871,9 @@ class Store:
 
     def _outbox_delete(self, ids: Sequence[int]) -> int:
         """Delete rows by id, keeping the outbox totals; returns rows deleted."""
-        conn = self._database().conn
-        deleted = 0
-        for i in range(0, len(ids), 500):
-            chunk = ids[i : i + 500]
-            marks = ",".join("?" * len(chunk))
-            n, size = conn.execute(
-                f"SELECT count(*), coalesce(sum(length(payload)), 0) FROM outbox"
-                f" WHERE id IN ({marks})",
-                chunk,
-            ).fetchone()
-            conn.execute(f"DELETE FROM outbox WHERE id IN ({marks})", chunk)
-            self._ob_rows -= n
-            self._ob_bytes -= size
-            deleted += n
+        deleted, size = delete_outbox(self._database().conn, ids, exact=not self._chunk_rows)
+        self._ob_rows -= deleted
+        self._ob_bytes -= size
         return deleted
 
     def _outbox_expire(self, cutoff: float) -> int:
@@ -1006,24 +992,29 @@ class Store:
 
 
 def _insert_many(
-    conn: sqlite3.Connection, sql: str, to_row: Callable[[Any], Sequence[Any]], items: list[Any]
+    chunk_rows: int,
+    var_limit: int,
+    conn: sqlite3.Connection,
+    ins: Insert,
+    to_row: Callable[[Any], Sequence[Any]],
+    items: list[Any],
 ) -> tuple[int, int]:
-    """One ``executemany``; returns (rows changed, 0)."""
+    """All rows, ``chunk_rows`` per statement; returns (rows changed, 0)."""
     if not items:
         return 0, 0
-    return conn.executemany(sql, map(to_row, items)).rowcount, 0
+    return insert_rows(conn, ins, map(to_row, items), ins.chunk(chunk_rows, var_limit)), 0
 
 
 def _insert_each(
-    conn: sqlite3.Connection, sql: str, to_row: Callable[[Any], Sequence[Any]], items: list[Any]
+    conn: sqlite3.Connection, ins: Insert, to_row: Callable[[Any], Sequence[Any]], items: list[Any]
 ) -> tuple[int, int]:
     """Row by row, skipping rows SQLite refuses; returns (rows changed, rows rejected)."""
     changed = rejected = 0
     for item in items:
         try:
-            changed += conn.execute(sql, to_row(item)).rowcount
+            changed += conn.execute(ins.one, to_row(item)).rowcount
         except _ITEM_ERRORS as exc:
             if not rejected:
-                log.warning("store: dropping an item (%s): %r", sql.split("(")[0].strip(), exc)
+                log.warning("store: dropping an item (%s): %r", ins.head.split("(")[0].strip(), exc)
             rejected += 1
     return changed, rejected

@@ -1,0 +1,117 @@
+"""Batch SQL in few shapes: multi-row INSERTs and outbox deletes by id.
+
+sqlite3 keeps prepared statements in a small cache keyed by SQL text (128 by default). One
+text per batch size would be prepared almost every time and push the others out, so a batch
+is cut into statements of a fixed number of rows and a remainder in power-of-two sizes: a
+table has at most ``1 + log2(chunk)`` INSERT texts, the outbox ``1 + log2(DELETE_BUCKET)``
+DELETE texts. Rows go in in their order, so rowids follow it as with one row per statement.
+"""
+
+from __future__ import annotations
+
+import sqlite3
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+from functools import cache
+from itertools import chain
+from typing import Any
+
+DELETE_BUCKET = 512
+"""Ids one outbox DELETE binds at most (under SQLite's old default of 999 variables)."""
+RETURNING = sqlite3.sqlite_version_info >= (3, 35, 0)
+"""``DELETE ... RETURNING`` (SQLite 3.35+) counts what it deletes in the same statement."""
+
+
+@dataclass(frozen=True, slots=True)
+class Insert:
+    """An INSERT of ``ncols`` values per row; ``head`` is everything before ``VALUES``."""
+
+    head: str
+    ncols: int
+
+    @property
+    def one(self) -> str:
+        """The statement for one row."""
+        return _values(self.head, self.ncols, 1)
+
+    def chunk(self, rows: int, var_limit: int) -> int:
+        """Rows per statement: ``rows``, fewer if SQLite binds fewer than ``var_limit``
+        variables; at least 1."""
+        return max(1, min(rows, var_limit // self.ncols))
+
+
+@cache
+def _values(head: str, ncols: int, n: int) -> str:
+    row = "(" + ", ".join("?" * ncols) + ")"
+    return f"{head} VALUES {', '.join([row] * n)}"
+
+
+def insert_rows(
+    conn: sqlite3.Connection, ins: Insert, rows: Iterable[Sequence[Any]], chunk: int
+) -> int:
+    """Insert ``rows`` in order, ``chunk`` rows per statement (1: one ``executemany`` row by
+    row); returns the rows changed (an ``OR IGNORE`` duplicate is not one)."""
+    if chunk <= 1:
+        return conn.executemany(ins.one, rows).rowcount
+    width = ins.ncols
+    flat = list(chain.from_iterable(rows))
+    n, odd = divmod(len(flat), width)
+    if odd:  # the values would shift into the wrong columns
+        raise sqlite3.ProgrammingError(f"{ins.head}: a row does not have {width} values")
+    step = chunk * width
+    full = n // chunk * step
+    changed = 0
+    if full:
+        sql = _values(ins.head, width, chunk)
+        changed += conn.executemany(
+            sql, (flat[i : i + step] for i in range(0, full, step))
+        ).rowcount
+    start, rest = full, n % chunk
+    while rest:  # 127 rows: 64 + 32 + 16 + 8 + 4 + 2 + 1
+        k = 1 << (rest.bit_length() - 1)
+        end = start + k * width
+        changed += conn.execute(_values(ins.head, width, k), flat[start:end]).rowcount
+        start, rest = end, rest - k
+    return changed
+
+
+@cache
+def _delete_sql(n: int, returning: bool) -> tuple[str, str]:
+    where = f"WHERE id IN ({', '.join('?' * n)})"
+    if returning:
+        return f"DELETE FROM outbox {where} RETURNING length(payload)", ""
+    count = f"SELECT count(*), coalesce(sum(length(payload)), 0) FROM outbox {where}"
+    return count, f"DELETE FROM outbox {where}"
+
+
+def delete_outbox(
+    conn: sqlite3.Connection,
+    ids: Sequence[int],
+    *,
+    exact: bool = False,
+    returning: bool = RETURNING,
+) -> tuple[int, int]:
+    """Delete outbox rows by id; returns (rows deleted, their payload bytes).
+
+    Up to ``DELETE_BUCKET`` ids per statement, padded to a power of two by repeating the last
+    id (a row matches once however often its id is listed). ``exact`` is the former shape,
+    kept to compare: 500 ids a chunk bound as they are (one text per chunk size), counted by
+    a SELECT before the DELETE.
+    """
+    bucket, returning = (500, False) if exact else (DELETE_BUCKET, returning)
+    deleted = size = 0
+    for i in range(0, len(ids), bucket):
+        chunk = list(ids[i : i + bucket])
+        if not exact:
+            chunk += chunk[-1:] * ((1 << (len(chunk) - 1).bit_length()) - len(chunk))
+        first, second = _delete_sql(len(chunk), returning)
+        if returning:
+            sizes = conn.execute(first, chunk).fetchall()
+            deleted += len(sizes)
+            size += sum(s for (s,) in sizes if s)
+        else:
+            n, total = conn.execute(first, chunk).fetchone()
+            conn.execute(second, chunk)
+            deleted += n
+            size += total
+    return deleted, size
