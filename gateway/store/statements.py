@@ -18,8 +18,6 @@ from typing import Any
 
 DELETE_BUCKET = 512
 """Ids one outbox DELETE binds at most (under SQLite's old default of 999 variables)."""
-RETURNING = sqlite3.sqlite_version_info >= (3, 35, 0)
-"""``DELETE ... RETURNING`` (SQLite 3.35+) counts what it deletes in the same statement."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -76,42 +74,30 @@ def insert_rows(
 
 
 @cache
-def _delete_sql(n: int, returning: bool) -> tuple[str, str]:
+def _delete_sql(n: int) -> tuple[str, str]:
     where = f"WHERE id IN ({', '.join('?' * n)})"
-    if returning:
-        return f"DELETE FROM outbox {where} RETURNING length(payload)", ""
     count = f"SELECT count(*), coalesce(sum(length(payload)), 0) FROM outbox {where}"
     return count, f"DELETE FROM outbox {where}"
 
 
 def delete_outbox(
-    conn: sqlite3.Connection,
-    ids: Sequence[int],
-    *,
-    exact: bool = False,
-    returning: bool = RETURNING,
+    conn: sqlite3.Connection, ids: Sequence[int], *, exact: bool = False
 ) -> tuple[int, int]:
     """Delete outbox rows by id; returns (rows deleted, their payload bytes).
 
     Up to ``DELETE_BUCKET`` ids per statement, padded to a power of two by repeating the last
-    id (a row matches once however often its id is listed). ``exact`` is the former shape,
-    kept to compare: 500 ids a chunk bound as they are (one text per chunk size), counted by
-    a SELECT before the DELETE.
+    id (a row matches once however often its id is listed); ``exact`` is the former shape,
+    kept to compare: 500 ids a chunk, bound as they are (one text per chunk size).
     """
-    bucket, returning = (500, False) if exact else (DELETE_BUCKET, returning)
+    bucket = 500 if exact else DELETE_BUCKET
     deleted = size = 0
     for i in range(0, len(ids), bucket):
         chunk = list(ids[i : i + bucket])
         if not exact:
             chunk += chunk[-1:] * ((1 << (len(chunk) - 1).bit_length()) - len(chunk))
-        first, second = _delete_sql(len(chunk), returning)
-        if returning:
-            sizes = conn.execute(first, chunk).fetchall()
-            deleted += len(sizes)
-            size += sum(s for (s,) in sizes if s)
-        else:
-            n, total = conn.execute(first, chunk).fetchone()
-            conn.execute(second, chunk)
-            deleted += n
-            size += total
+        count, delete = _delete_sql(len(chunk))
+        n, total = conn.execute(count, chunk).fetchone()
+        conn.execute(delete, chunk)
+        deleted += n
+        size += total
     return deleted, size
