@@ -3,7 +3,10 @@
 Every SQLite call runs on one dedicated writer thread, which owns the connection; the event
 loop only appends to in-memory pending lists (O(1) per item) and awaits the thread. The
 flusher (``run``) commits everything pending as ONE transaction, so an aggregate and the
-outbox row that forwards it become durable together or not at all.
+outbox row that forwards it become durable together or not at all. Aggregates and alerts
+pending behind readings go first, with their outbox rows, in a transaction of their own
+(at most ``AHEAD_MAX`` in a row), so a burst of closing windows does not wait for the
+readings' inserts; the readings and their rows follow in the next one.
 
 Failure policy of a batch:
 
