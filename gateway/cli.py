@@ -112,11 +112,6 @@ GC_YOUNG_THRESHOLD = 50_000
 thousands of readings a second the default promotes every object that lives a few ms (a
 reading waiting for its commit) and brings on full collections of 30-40 ms; a larger young
 generation lets them die young instead."""
-GIL_SWITCH_INTERVAL_S = 0.0005
-"""How long a thread may hold the GIL while another waits for it (Python's default: 5 ms).
-The store's writer thread gives up the GIL around every SQLite step and must win it back
-from the busy event loop for the next row: at 5 ms a wait, a commit of 1,000 aggregates
-crawls while the loop is making them."""
 
 
 async def _freeze_heap(ready: asyncio.Event) -> None:
@@ -180,7 +175,6 @@ def main(argv: Sequence[str] | None = None) -> int:
     setup(args.log_level or config.gateway.log_level, args.log_format)
     _, *older = gc.get_threshold()
     gc.set_threshold(GC_YOUNG_THRESHOLD, *older)
-    sys.setswitchinterval(GIL_SWITCH_INTERVAL_S)
     try:
         asyncio.run(_run(config, args.config))
     except Exception:
