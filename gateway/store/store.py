@@ -3,7 +3,10 @@
 Every SQLite call runs on one dedicated writer thread, which owns the connection; the event
 loop only appends to in-memory pending lists (O(1) per item) and awaits the thread. The
 flusher (``run``) commits everything pending as ONE transaction, so an aggregate and the
-outbox row that forwards it become durable together or not at all.
+outbox row that forwards it become durable together or not at all. Aggregates and alerts
+pending behind readings go first, with their outbox rows, in a transaction of their own
+(at most ``AHEAD_MAX`` in a row), so a burst of closing windows does not wait for the
+readings' inserts; the readings and their rows follow in the next one.
 
 Failure policy of a batch:
 
@@ -88,6 +91,10 @@ CHECKPOINT_PASSES = 12
 commit writes the WAL from its beginning instead of growing it."""
 RETRY_INITIAL = 0.1
 RETRY_MAX = 10.0
+AHEAD_MAX = 4
+"""Transactions of aggregates and alerts the flusher commits ahead of pending readings in a
+row, at most, before it commits the readings too (so a stream of aggregates cannot starve
+them)."""
 
 _READINGS = Insert("INSERT OR IGNORE INTO readings (source, device, metric, ts, value, seq)", 6)
 _AGGREGATES = Insert(
@@ -481,21 +488,33 @@ class Store:
 
     async def _flusher(self) -> None:
         attempt = 0
+        ahead = 0  # transactions committed ahead of the pending readings in a row
         loop = asyncio.get_running_loop()
         while True:
-            if self._n_pending < self.config.batch_max:
-                with contextlib.suppress(TimeoutError):
-                    async with asyncio.timeout(self.config.batch_interval):
-                        await self._wake.wait()
-                eager = self.config.eager_interval
-                if self._urgent and eager is not None and self._n_pending < self.config.batch_max:
-                    await asyncio.sleep(self._last_commit + eager - loop.time())
-            self._wake.clear()
-            self._urgent = False
-            self._last_commit = loop.time()
+            if ahead == 0:
+                if self._n_pending < self.config.batch_max:
+                    with contextlib.suppress(TimeoutError):
+                        async with asyncio.timeout(self.config.batch_interval):
+                            await self._wake.wait()
+                    eager = self.config.eager_interval
+                    if (
+                        self._urgent
+                        and eager is not None
+                        and self._n_pending < self.config.batch_max
+                    ):
+                        await asyncio.sleep(self._last_commit + eager - loop.time())
+                self._wake.clear()
+                self._urgent = False
+                self._last_commit = loop.time()
             try:
-                await self._commit_once()
+                if ahead < AHEAD_MAX and self._readings and (self._aggregates or self._alerts):
+                    ahead += 1
+                    await self._commit_ahead()
+                else:  # everything pending; then wait for the next batch as usual
+                    ahead = 0
+                    await self._commit_once()
             except sqlite3.Error:
+                ahead = 0
                 delay = _retry_delay(attempt)
                 attempt += 1
                 log.warning("store: retrying the batch in %.2fs", delay)
@@ -503,12 +522,35 @@ class Store:
             else:
                 attempt = 0
 
+    async def _commit_ahead(self) -> None:
+        """Commit the pending aggregates, alerts and dead letters, with their outbox rows and
+        the delivered rows to delete, but not the readings (nor their outbox rows): a burst of
+        aggregates as windows close is durable, and can leave, without waiting for thousands
+        of readings' inserts. Readings are committed next, so nothing is reordered within a
+        kind; ``when_committed`` waiters wait for the readings' commit too."""
+        await self._writer_free()
+        outbox = [row for row in self._outbox if row[6] != PRIORITY_READING]
+        if len(outbox) < len(self._outbox):
+            self._outbox = [row for row in self._outbox if row[6] == PRIORITY_READING]
+        else:
+            self._outbox = []
+        batch = _Batch(
+            self._committed_upto,  # the readings added before are not committed yet
+            [],
+            self._aggregates,
+            self._alerts,
+            self._dead_letters,
+            outbox,
+            self._settled,
+        )
+        self._aggregates, self._alerts, self._dead_letters, self._settled = [], [], [], []
+        self._n_pending -= batch.size
+        if batch.size or batch.settled:
+            await self._write(batch)
+
     async def _commit_once(self) -> None:
         """Commit what is pending now as one transaction (after any batch in flight)."""
-        while self._inflight is not None:
-            await asyncio.wait((self._inflight,))
-        if self._executor is None:
-            raise RuntimeError("store is not open")
+        await self._writer_free()
         if self._n_pending == 0 and not self._settled:
             self._committed_upto = self._added
             self._release_waiters()
@@ -525,6 +567,17 @@ class Store:
         self._readings, self._aggregates, self._alerts = [], [], []
         self._dead_letters, self._outbox, self._settled = [], [], []
         self._n_pending = 0
+        await self._write(batch)
+
+    async def _writer_free(self) -> None:
+        """Wait until no batch is in flight (one transaction at a time)."""
+        while self._inflight is not None:
+            await asyncio.wait((self._inflight,))
+        if self._executor is None:
+            raise RuntimeError("store is not open")
+
+    async def _write(self, batch: _Batch) -> None:
+        """Commit ``batch`` on the writer thread; on failure it goes back in front."""
         fut = self._submit(self._write_batch, batch)
         self._inflight = fut
         self._inflight_since = time.perf_counter()

@@ -266,15 +266,16 @@ def test_many_keys_closing_at_once_share_one_timer() -> None:
 
 
 def test_a_key_s_windows_come_out_in_order_while_the_timer_releases_a_burst() -> None:
-    """300 windows close at 212 and go out 100 per scheduler turn; a reading that arrives
-    between two turns and carries its key past a second window does not overtake the
-    first one, still waiting in the burst."""
+    """Three chunks of windows close at 212 and go out one chunk per scheduler turn; a
+    reading that arrives between two turns and carries its key past a second window does
+    not overtake the first one, still waiting in the burst."""
     scheduler = TestScheduler()
     op = windows.event_window(10.0, None, ("count",), 2.0, None, step_context(scheduler))
     source: Subject[Record] = Subject()
     observer = scheduler.create_observer()
     op(source).subscribe(observer)
-    keys = [f"k{i:03d}" for i in range(300)]
+    keys = [f"k{i:05d}" for i in range(3 * windows.EMIT_CHUNK)]
+    last = keys[-1]
 
     def push(*readings: Reading) -> Callable[..., None]:
         def action(*_: object) -> None:
@@ -284,18 +285,16 @@ def test_a_key_s_windows_come_out_in_order_while_the_timer_releases_a_burst() ->
         return action
 
     scheduler.schedule_absolute(201, push(*[reading(1, 201.0, d) for d in keys]))
-    scheduler.schedule_absolute(210, push(reading(1, 210.0, "k299")))  # opens [210, 220)
+    scheduler.schedule_absolute(210, push(reading(1, 210.0, last)))  # opens [210, 220)
     # queued after the timer for 212 was set, so it runs between the timer's turns
-    late_push = push(reading(1, 223.0, "k299"))  # k299's watermark passes 220
+    late_push = push(reading(1, 223.0, last))  # its watermark passes 220
     scheduler.schedule_absolute(211, lambda *_: scheduler.schedule_absolute(212, late_push))
     scheduler.start()
     out = aggregates_at(emitted(observer))
     burst = out[:-1]
-    assert sorted(burst) == sorted(
-        [(212.0, d, 200.0, 1) for d in keys] + [(212.0, "k299", 210.0, 1)]
-    )
-    assert burst[-2:] == [(212.0, "k299", 200.0, 1), (212.0, "k299", 210.0, 1)]
-    assert out[-1] == (221.0, "k299", 220.0, 1)  # 212 + (230 + 2 - 223): the jump counts
+    assert sorted(burst) == sorted([(212.0, d, 200.0, 1) for d in keys] + [(212.0, last, 210.0, 1)])
+    assert burst[-2:] == [(212.0, last, 200.0, 1), (212.0, last, 210.0, 1)]
+    assert out[-1] == (221.0, last, 220.0, 1)  # 212 + (230 + 2 - 223): the jump counts
 
 
 def test_keys_with_different_deadlines_each_close_on_their_own() -> None:

@@ -16,7 +16,14 @@ from gateway.model import Aggregate, Alert, Reading
 from gateway.store import store as store_module
 from gateway.store.config import RetentionConfig, StoreConfig
 from gateway.store.schema import SCHEMA_VERSION, SchemaVersionError
-from gateway.store.store import DEAD_LETTER_RAW_MAX, OutboxRow, Store
+from gateway.store.store import (
+    AHEAD_MAX,
+    DEAD_LETTER_RAW_MAX,
+    PRIORITY_ALERT,
+    PRIORITY_READING,
+    OutboxRow,
+    Store,
+)
 
 DAY = 86400.0
 NOW = 1_700_000_000.0
@@ -561,6 +568,87 @@ def test_config_parses_durations() -> None:
     assert config.retention.interval == 300
     with pytest.raises(ValueError, match="extra"):
         StoreConfig.model_validate({"bogus": 1})
+
+
+class Transactions:
+    """Records what each transaction of a store holds (readings, outbox message ids), and
+    whether a commit waiter had been told before it."""
+
+    def __init__(self, store: Store, told: asyncio.Event | None = None) -> None:
+        self.batches: list[tuple[int, int, list[str]]] = []
+        self.told_before: list[bool] = []
+        self.on_write: Callable[[], object] | None = None
+        self._write = store._write_batch
+        self._told = told
+        store._write_batch = self  # type: ignore[method-assign]
+
+    def __call__(self, batch: Any) -> Any:
+        self.told_before.append(self._told is not None and self._told.is_set())
+        self.batches.append(
+            (len(batch.readings), len(batch.aggregates), [row[1] for row in batch.outbox])
+        )
+        if self.on_write is not None:
+            self.on_write()
+        return self._write(batch)
+
+
+@contextlib.asynccontextmanager
+async def flushing(store: Store) -> AsyncIterator[None]:
+    task = asyncio.create_task(store.run(), name="store")
+    try:
+        yield
+    finally:
+        task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await task
+
+
+async def test_aggregates_and_alerts_commit_ahead_of_readings_queued_before_them(
+    make_store: Callable[..., Store],
+) -> None:
+    async with make_store(batch_interval=3600) as store:
+        committed = asyncio.Event()
+        log = Transactions(store, committed)
+        store.add_readings(reading(i, seq=i) for i in range(500))
+        store.add_outbox("up", "r1", "t", b"{}", 1, PRIORITY_READING)  # a forwarded reading
+        store.add_aggregate(aggregate())
+        store.add_outbox("up", "a1", "t", b"{}", 1)
+        store.add_alert(alert())
+        store.add_outbox("up", "x1", "t", b"{}", 1, PRIORITY_ALERT)
+        store.add_aggregate(aggregate())
+        store.add_outbox("up", "a2", "t", b"{}", 1)
+        store.when_committed(committed.set)
+        async with flushing(store), asyncio.timeout(5):
+            await committed.wait()
+        # first the aggregates and alerts with their rows, then the readings with theirs
+        assert log.batches == [(0, 2, ["a1", "x1", "a2"]), (500, 0, ["r1"])]
+        # the waiter registered after all of them waited for the readings too
+        assert log.told_before == [False, False]
+        rows = await store.outbox_take("up", 10)
+        assert [r.msg_id for r in rows] == ["x1", "a1", "a2", "r1"]
+        assert rows[1].id < rows[2].id  # in the order they were added, within a priority
+        assert await count(store, "readings") == 500
+        assert await count(store, "aggregates") == 2
+
+
+async def test_a_stream_of_aggregates_does_not_starve_readings(
+    make_store: Callable[..., Store],
+) -> None:
+    async with make_store(batch_interval=3600) as store:
+        log = Transactions(store)
+        loop = asyncio.get_running_loop()
+        # every transaction finds a new aggregate pending when it is done
+        log.on_write = lambda: loop.call_soon_threadsafe(store.add_aggregate, aggregate())
+        store.add_readings(reading(i, seq=i) for i in range(10))
+        store.add_aggregate(aggregate())
+        committed = asyncio.Event()
+        store.when_committed(committed.set)
+        async with flushing(store), asyncio.timeout(5):
+            await committed.wait()
+            log.on_write = None
+        readings = [n for n, _, _ in log.batches]
+        assert readings[:AHEAD_MAX] == [0] * AHEAD_MAX
+        assert readings[AHEAD_MAX] == 10
 
 
 async def test_what_waits_for_a_commit_is_committed_within_eager_interval(
