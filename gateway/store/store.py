@@ -143,6 +143,21 @@ class OutboxRow:
     priority: int = PRIORITY_AGGREGATE
 
 
+@dataclass(slots=True)
+class WalStats:
+    """What the checkpointer saw (written on its thread, read anywhere): for tools and tests."""
+
+    turns: int = 0
+    passes: int = 0
+    busy: int = 0
+    """Passes that found a reader or writer in the way (PASSIVE: never waits)."""
+    restarts: int = 0
+    """Checkpoints that started the WAL over (the next commit writes it from its start)."""
+    log: int = 0
+    """WAL frames at the last pass."""
+    max_log: int = 0
+
+
 OutboxFeed = Callable[[list[OutboxRow]], None]
 """Told the rows each commit added for one sink, in id order."""
 
@@ -240,6 +255,7 @@ class Store:
         self._db: Database | None = None  # touched only on the writer thread
         self._checkpointer: ThreadPoolExecutor | None = None
         self._ckpt_conn: sqlite3.Connection | None = None  # checkpointer thread only
+        self.wal_stats = WalStats()
         # pending work, loop thread only
         self._readings: list[Reading] = []
         self._aggregates: list[Aggregate] = []
@@ -724,18 +740,26 @@ class Store:
         conn = self._ckpt_conn
         if conn is None:
             return
+        stats = self.wal_stats
+        stats.turns += 1
         seen = -1
         for _ in range(CHECKPOINT_PASSES):
             # frames: the WAL's length when the pass began; commits may have added more since
             busy, frames, copied = conn.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchone()
+            stats.passes += 1
+            stats.log = frames
+            stats.max_log = max(stats.max_log, frames)
             if busy or copied < frames or frames <= 0:
+                stats.busy += busy
                 return  # a reader holds pages (next time), or the WAL is empty
             if frames == seen:  # nothing committed since the last pass: every page is copied
                 # Start the WAL over, or it grows: without a busy handler this never waits
                 # for a commit under way (it is then busy, and the next pass copies what that
                 # commit adds before trying again).
-                if not conn.execute("PRAGMA wal_checkpoint(RESTART)").fetchone()[0]:
+                if conn.execute("PRAGMA wal_checkpoint(RESTART)").fetchone()[0]:
+                    stats.busy += 1
                     return
+                stats.restarts += 1
                 frames = -1
             seen = frames
 
