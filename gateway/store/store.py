@@ -21,7 +21,11 @@ the database file while the writer goes on committing), then, once every page is
 RESTART that never waits (so the WAL starts over instead of growing). Left to itself SQLite
 checkpoints inside the commit that crosses 1,000 WAL pages, which under a steady load of small eager
 commits meant a pause of about 20 ms every 80 ms of commits, and a far longer one when the
-disk is slow to sync. The writer keeps SQLite's automatic checkpoint as a backstop at
+disk is slow to sync. Under a steady load a commit lands during nearly every pass, so the
+checkpointer seldom finds the WAL idle long enough to restart it; once a turn leaves it past
+``WAL_RESTART_PAGES`` the writer restarts it between two commits (copying only what the last
+pass left, and waiting at most ``WAL_RESTART_WAIT_MS`` for readers), and ``journal_size_limit``
+cuts the file back. The writer keeps SQLite's automatic checkpoint as a backstop at
 ``CHECKPOINT_BACKSTOP_PAGES``, should the checkpointer fall behind.
 
 Bounded everything: pending items (while the disk refuses writes, e.g. when it is full) are
@@ -81,6 +85,14 @@ RETENTION_DELETE_ROWS = 2_000
 CHECKPOINT_BACKSTOP_PAGES = 16_000
 """WAL pages (64 MB of 4 KiB pages) past which a commit checkpoints itself, as SQLite does at
 1,000 pages: only reached when the background checkpointer falls behind."""
+WAL_RESTART_PAGES = 2_000
+"""WAL pages (8 MB) past which, when the checkpointer could not start the WAL over by itself
+(a commit or a reader always in the way), the writer does it between two commits: a RESTART
+that copies what the checkpointer's last pass left (a few commits' pages) and waits at most
+``WAL_RESTART_WAIT_MS`` for readers. Also the size the WAL file is cut back to once it
+starts over (``journal_size_limit``)."""
+WAL_RESTART_WAIT_MS = 20
+"""How long that RESTART waits for readers of old pages (commits queue meanwhile)."""
 CHECKPOINT_PASSES = 12
 """Checkpoints per turn of the checkpointer: PASSIVE ones while commits keep adding pages
 (each shorter than the one before), then a RESTART once every page is copied, so the next
@@ -153,6 +165,10 @@ class WalStats:
     """Passes that found a reader or writer in the way (PASSIVE: never waits)."""
     restarts: int = 0
     """Checkpoints that started the WAL over (the next commit writes it from its start)."""
+    writer_restarts: int = 0
+    """RESTARTs the writer ran between commits, the WAL being past ``WAL_RESTART_PAGES``."""
+    writer_busy: int = 0
+    """...of which a reader kept the WAL from starting over within ``WAL_RESTART_WAIT_MS``."""
     log: int = 0
     """WAL frames at the last pass."""
     max_log: int = 0
@@ -698,9 +714,13 @@ class Store:
 
     async def checkpoint(self) -> None:
         """Copy the committed WAL pages into the database file now, on the checkpointer
-        thread, without holding up commits (``run`` does it every ``checkpoint_interval``)."""
+        thread, without holding up commits (``run`` does it every ``checkpoint_interval``).
+        If that leaves the WAL past ``WAL_RESTART_PAGES``, the writer starts it over between
+        two commits."""
         if self._checkpointer is not None:
             await asyncio.shield(self._checkpoint_call(self._checkpoint))
+            if self.wal_stats.log > WAL_RESTART_PAGES:
+                await asyncio.shield(self._call(self._restart_wal))
 
     async def _checkpoint_loop(self) -> None:
         interval = self.config.checkpoint_interval or 1.0
@@ -763,6 +783,20 @@ class Store:
                 frames = -1
             seen = frames
 
+    def _restart_wal(self) -> None:
+        """Start a WAL the checkpointer could not restart over (writer thread, so no commit
+        is under way; the checkpointer is idle, its turn over)."""
+        conn = self._database().conn
+        conn.execute(f"PRAGMA busy_timeout = {WAL_RESTART_WAIT_MS}")
+        try:
+            busy, frames, _ = conn.execute("PRAGMA wal_checkpoint(RESTART)").fetchone()
+        finally:
+            conn.execute(f"PRAGMA busy_timeout = {BUSY_TIMEOUT_MS}")
+        stats = self.wal_stats
+        stats.writer_restarts += 1
+        stats.writer_busy += busy
+        stats.log = 0 if not busy else frames
+
     # ------------------------------------------------------------------ thread hop
 
     def _submit(self, fn: Callable[..., T], *args: Any) -> asyncio.Future[T]:
@@ -789,6 +823,9 @@ class Store:
             db.execute(f"PRAGMA synchronous = {self.config.synchronous.upper()}")
             if self.config.checkpoint_interval is not None:
                 db.execute(f"PRAGMA wal_autocheckpoint = {CHECKPOINT_BACKSTOP_PAGES}")
+            # a WAL that grew past this is cut back when it starts over
+            page = int(db.execute("PRAGMA page_size").fetchone()[0])
+            db.execute(f"PRAGMA journal_size_limit = {WAL_RESTART_PAGES * page}")
             create_schema(db)
             self._db = db
             self._outbox_totals()

@@ -51,6 +51,8 @@ class Sample:
     passes: int
     busy: int
     restarts: int
+    writer_restarts: int
+    writer_busy: int
     p50_ms: float
     p99_ms: float
     max_ms: float
@@ -198,6 +200,9 @@ async def watch(args: argparse.Namespace, path: Path) -> list[Sample]:
                     passes=stats.passes - last.passes,
                     busy=stats.busy - last.busy,
                     restarts=stats.restarts - last.restarts,
+                    writer_restarts=getattr(stats, "writer_restarts", 0)
+                    - getattr(last, "writer_restarts", 0),
+                    writer_busy=getattr(stats, "writer_busy", 0) - getattr(last, "writer_busy", 0),
                     p50_ms=round(quantile(lat, 0.5) * 1e3, 1),
                     p99_ms=round(quantile(lat, 0.99) * 1e3, 1),
                     max_ms=round(max(lat, default=0.0) * 1e3, 1),
@@ -235,15 +240,16 @@ def wal_size(wal: Path) -> int:
 
 HEADER = (
     f"{'t':>6} {'rate':>7} {'stored/s':>8} {'wal MB':>7} {'frames':>7} {'passes':>6}"
-    f" {'busy':>5} {'rst':>4} {'p50 ms':>7} {'p99 ms':>7} {'max ms':>7} {'outbox':>7} {'reads':>5}"
+    f" {'busy':>5} {'rst':>4} {'wrst':>4} {'wbsy':>4} {'p50 ms':>7} {'p99 ms':>7} {'max ms':>7}"
+    f" {'outbox':>7} {'reads':>5}"
 )
 
 
 def format_sample(s: Sample) -> str:
     return (
         f"{s.t:6.1f} {s.rate:7.0f} {s.written_per_s:8.0f} {s.wal_mb:7.1f} {s.log_frames:7d}"
-        f" {s.passes:6d} {s.busy:5d} {s.restarts:4d} {s.p50_ms:7.1f} {s.p99_ms:7.1f}"
-        f" {s.max_ms:7.1f} {s.outbox:7d} {s.reads:5d}"
+        f" {s.passes:6d} {s.busy:5d} {s.restarts:4d} {s.writer_restarts:4d} {s.writer_busy:4d}"
+        f" {s.p50_ms:7.1f} {s.p99_ms:7.1f} {s.max_ms:7.1f} {s.outbox:7d} {s.reads:5d}"
     )
 
 
@@ -252,6 +258,7 @@ def summary(samples: list[Sample]) -> dict[str, Any]:
         "max_wal_mb": max((s.wal_mb for s in samples), default=0.0),
         "max_log_frames": max((s.log_frames for s in samples), default=0),
         "restarts": sum(s.restarts for s in samples),
+        "writer_restarts": sum(s.writer_restarts for s in samples),
         "worst_p99_ms": max((s.p99_ms for s in samples), default=0.0),
         "median_p99_ms": statistics.median([s.p99_ms for s in samples]) if samples else 0.0,
         "max_ms": max((s.max_ms for s in samples), default=0.0),
