@@ -169,6 +169,8 @@ class WalStats:
     """RESTARTs the writer ran between commits, the WAL being past ``WAL_RESTART_PAGES``."""
     writer_busy: int = 0
     """...of which a reader kept the WAL from starting over within ``WAL_RESTART_WAIT_MS``."""
+    writer_seconds_max: float = 0.0
+    """The longest of those RESTARTs: how long it held up the next commit."""
     log: int = 0
     """WAL frames at the last pass."""
     max_log: int = 0
@@ -787,12 +789,14 @@ class Store:
         """Start a WAL the checkpointer could not restart over (writer thread, so no commit
         is under way; the checkpointer is idle, its turn over)."""
         conn = self._database().conn
+        began = time.perf_counter()
         conn.execute(f"PRAGMA busy_timeout = {WAL_RESTART_WAIT_MS}")
         try:
             busy, frames, _ = conn.execute("PRAGMA wal_checkpoint(RESTART)").fetchone()
         finally:
             conn.execute(f"PRAGMA busy_timeout = {BUSY_TIMEOUT_MS}")
         stats = self.wal_stats
+        stats.writer_seconds_max = max(stats.writer_seconds_max, time.perf_counter() - began)
         stats.writer_restarts += 1
         stats.writer_busy += busy
         stats.log = 0 if not busy else frames

@@ -227,6 +227,8 @@ async def watch(args: argparse.Namespace, path: Path) -> list[Sample]:
                         await task
         most = store.wal_stats.max_log
         print(f"max WAL frames seen: {most} ({most * PAGE / 1e6:.1f} MB)")
+        longest = getattr(store.wal_stats, "writer_seconds_max", 0.0)
+        print(f"longest RESTART on the writer: {longest * 1e3:.1f} ms")
     return samples
 
 
