@@ -228,7 +228,12 @@ async def watch(args: argparse.Namespace, path: Path) -> list[Sample]:
         most = store.wal_stats.max_log
         print(f"max WAL frames seen: {most} ({most * PAGE / 1e6:.1f} MB)")
         longest = getattr(store.wal_stats, "writer_seconds_max", 0.0)
-        print(f"longest RESTART on the writer: {longest * 1e3:.1f} ms")
+        total = getattr(store.wal_stats, "writer_seconds", 0.0)
+        n = getattr(store.wal_stats, "writer_restarts", 0)
+        print(
+            f"RESTARTs on the writer: {n}, mean {total / max(n, 1) * 1e3:.1f} ms,"
+            f" longest {longest * 1e3:.1f} ms"
+        )
     return samples
 
 
