@@ -89,10 +89,9 @@ WAL_RESTART_PAGES = 4_000
 """WAL pages (16 MB) past which, when the checkpointer could not start the WAL over by itself
 (a commit or a reader always in the way), the writer does it between two commits: a RESTART
 that copies what the checkpointer's last pass left and waits at most ``WAL_RESTART_WAIT_MS``
-for readers. Only after a pass that copied all it saw, so that is a few commits' pages (about
-8 ms of the writer's time at 5,000 readings/s); a checkpointer that is behind leaves it to
-the backstop. Also the size the WAL file is cut back to once it
-starts over (``journal_size_limit``)."""
+for readers. Only after a pass that copied all it saw, so that is a few commits' pages (a
+few ms of the writer's time); a checkpointer that is behind leaves it to the backstop. Also
+the size the WAL file is cut back to once it starts over (``journal_size_limit``)."""
 WAL_RESTART_WAIT_MS = 20
 """How long that RESTART waits for readers of old pages (commits queue meanwhile)."""
 CHECKPOINT_PASSES = 12
