@@ -89,9 +89,11 @@ WAL_RESTART_PAGES = 4_000
 """WAL pages (16 MB) past which, when the checkpointer could not start the WAL over by itself
 (a commit or a reader always in the way), the writer does it between two commits: a RESTART
 that copies what the checkpointer's last pass left and waits at most ``WAL_RESTART_WAIT_MS``
-for readers. Only after a pass that copied all it saw, so that is a few commits' pages (a
-few ms of the writer's time); a checkpointer that is behind leaves it to the backstop. Also
+for readers. Only after a pass that left at most ``WAL_RESTART_RESIDUE_PAGES`` to copy, so
+that costs the writer a few ms; a checkpointer that is behind leaves it to the backstop. Also
 the size the WAL file is cut back to once it starts over (``journal_size_limit``)."""
+WAL_RESTART_RESIDUE_PAGES = 256
+"""At most this many pages (1 MB) left by the checkpointer's last pass for that RESTART."""
 WAL_RESTART_WAIT_MS = 20
 """How long that RESTART waits for readers of old pages (commits queue meanwhile)."""
 CHECKPOINT_PASSES = 12
@@ -174,8 +176,8 @@ class WalStats:
     """Time those RESTARTs took (commits queue meanwhile), in all..."""
     writer_seconds_max: float = 0.0
     """...and the longest."""
-    caught_up: bool = True
-    """The last pass copied every page the WAL held when it began (no reader in the way)."""
+    behind: int = 0
+    """WAL frames the last pass left uncopied (a reader was on them, or it is behind)."""
     log: int = 0
     """WAL frames at the last pass."""
     max_log: int = 0
@@ -727,7 +729,7 @@ class Store:
         if self._checkpointer is not None:
             await asyncio.shield(self._checkpoint_call(self._checkpoint))
             stats = self.wal_stats
-            if stats.log > WAL_RESTART_PAGES and stats.caught_up:
+            if stats.log > WAL_RESTART_PAGES and stats.behind <= WAL_RESTART_RESIDUE_PAGES:
                 await asyncio.shield(self._call(self._restart_wal))
 
     async def _checkpoint_loop(self) -> None:
@@ -777,7 +779,7 @@ class Store:
             stats.passes += 1
             stats.log = frames
             stats.max_log = max(stats.max_log, frames)
-            stats.caught_up = not busy and copied == frames
+            stats.behind = max(frames - copied, 0)
             if busy or copied < frames or frames <= 0:
                 stats.busy += busy
                 return  # a reader holds pages (next time), or the WAL is empty

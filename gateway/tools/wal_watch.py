@@ -225,6 +225,7 @@ async def watch(args: argparse.Namespace, path: Path) -> list[Sample]:
                     task.cancel()
                     with contextlib.suppress(asyncio.CancelledError):
                         await task
+        print(f"write errors: {counters.get('store', 'write_errors')}")
         most = store.wal_stats.max_log
         print(f"max WAL frames seen: {most} ({most * PAGE / 1e6:.1f} MB)")
         longest = getattr(store.wal_stats, "writer_seconds_max", 0.0)
