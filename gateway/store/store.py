@@ -24,7 +24,11 @@ the database file while the writer goes on committing), then, once every page is
 RESTART that never waits (so the WAL starts over instead of growing). Left to itself SQLite
 checkpoints inside the commit that crosses 1,000 WAL pages, which under a steady load of small eager
 commits meant a pause of about 20 ms every 80 ms of commits, and a far longer one when the
-disk is slow to sync. The writer keeps SQLite's automatic checkpoint as a backstop at
+disk is slow to sync. Under a steady load a commit lands during nearly every pass, so the
+checkpointer seldom finds the WAL idle long enough to restart it; once a turn leaves it past
+``WAL_RESTART_PAGES`` the writer restarts it between two commits (copying only what the last
+pass left, and waiting at most ``WAL_RESTART_WAIT_MS`` for readers), and ``journal_size_limit``
+cuts the file back. The writer keeps SQLite's automatic checkpoint as a backstop at
 ``CHECKPOINT_BACKSTOP_PAGES``, should the checkpointer fall behind.
 
 Bounded everything: pending items (while the disk refuses writes, e.g. when it is full) are
@@ -85,6 +89,17 @@ RETENTION_DELETE_ROWS = 2_000
 CHECKPOINT_BACKSTOP_PAGES = 16_000
 """WAL pages (64 MB of 4 KiB pages) past which a commit checkpoints itself, as SQLite does at
 1,000 pages: only reached when the background checkpointer falls behind."""
+WAL_RESTART_PAGES = 4_000
+"""WAL pages (16 MB) past which, when the checkpointer could not start the WAL over by itself
+(a commit or a reader always in the way), the writer does it between two commits: a RESTART
+that copies what the checkpointer's last pass left and waits at most ``WAL_RESTART_WAIT_MS``
+for readers. Only after a pass that left at most ``WAL_RESTART_RESIDUE_PAGES`` to copy, so
+that costs the writer a few ms; a checkpointer that is behind leaves it to the backstop. Also
+the size the WAL file is cut back to once it starts over (``journal_size_limit``)."""
+WAL_RESTART_RESIDUE_PAGES = 256
+"""At most this many pages (1 MB) left by the checkpointer's last pass for that RESTART."""
+WAL_RESTART_WAIT_MS = 20
+"""How long that RESTART waits for readers of old pages (commits queue meanwhile)."""
 CHECKPOINT_PASSES = 12
 """Checkpoints per turn of the checkpointer: PASSIVE ones while commits keep adding pages
 (each shorter than the one before), then a RESTART once every page is copied, so the next
@@ -141,6 +156,31 @@ class OutboxRow:
     qos: int
     attempts: int
     priority: int = PRIORITY_AGGREGATE
+
+
+@dataclass(slots=True)
+class WalStats:
+    """What the checkpointer saw (written on its thread, read anywhere): for tools and tests."""
+
+    turns: int = 0
+    passes: int = 0
+    busy: int = 0
+    """Passes that found a reader or writer in the way (PASSIVE: never waits)."""
+    restarts: int = 0
+    """Checkpoints that started the WAL over (the next commit writes it from its start)."""
+    writer_restarts: int = 0
+    """RESTARTs the writer ran between commits, the WAL being past ``WAL_RESTART_PAGES``."""
+    writer_busy: int = 0
+    """...of which a reader kept the WAL from starting over within ``WAL_RESTART_WAIT_MS``."""
+    writer_seconds: float = 0.0
+    """Time those RESTARTs took (commits queue meanwhile), in all..."""
+    writer_seconds_max: float = 0.0
+    """...and the longest."""
+    behind: int = 0
+    """WAL frames the last pass left uncopied (a reader was on them, or it is behind)."""
+    log: int = 0
+    """WAL frames at the last pass."""
+    max_log: int = 0
 
 
 OutboxFeed = Callable[[list[OutboxRow]], None]
@@ -244,6 +284,7 @@ class Store:
         self._db: Database | None = None  # touched only on the writer thread
         self._checkpointer: ThreadPoolExecutor | None = None
         self._ckpt_conn: sqlite3.Connection | None = None  # checkpointer thread only
+        self.wal_stats = WalStats()
         # pending work, loop thread only
         self._readings: list[Reading] = []
         self._aggregates: list[Aggregate] = []
@@ -733,9 +774,14 @@ class Store:
 
     async def checkpoint(self) -> None:
         """Copy the committed WAL pages into the database file now, on the checkpointer
-        thread, without holding up commits (``run`` does it every ``checkpoint_interval``)."""
+        thread, without holding up commits (``run`` does it every ``checkpoint_interval``).
+        If that leaves the WAL past ``WAL_RESTART_PAGES``, the writer starts it over between
+        two commits."""
         if self._checkpointer is not None:
             await asyncio.shield(self._checkpoint_call(self._checkpoint))
+            stats = self.wal_stats
+            if stats.log > WAL_RESTART_PAGES and stats.behind <= WAL_RESTART_RESIDUE_PAGES:
+                await asyncio.shield(self._call(self._restart_wal))
 
     async def _checkpoint_loop(self) -> None:
         interval = self.config.checkpoint_interval or 1.0
@@ -775,20 +821,47 @@ class Store:
         conn = self._ckpt_conn
         if conn is None:
             return
+        stats = self.wal_stats
+        stats.turns += 1
         seen = -1
         for _ in range(CHECKPOINT_PASSES):
             # frames: the WAL's length when the pass began; commits may have added more since
             busy, frames, copied = conn.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchone()
+            stats.passes += 1
+            stats.log = frames
+            stats.max_log = max(stats.max_log, frames)
+            stats.behind = max(frames - copied, 0)
             if busy or copied < frames or frames <= 0:
+                stats.busy += busy
                 return  # a reader holds pages (next time), or the WAL is empty
             if frames == seen:  # nothing committed since the last pass: every page is copied
                 # Start the WAL over, or it grows: without a busy handler this never waits
                 # for a commit under way (it is then busy, and the next pass copies what that
                 # commit adds before trying again).
-                if not conn.execute("PRAGMA wal_checkpoint(RESTART)").fetchone()[0]:
+                if conn.execute("PRAGMA wal_checkpoint(RESTART)").fetchone()[0]:
+                    stats.busy += 1
                     return
+                stats.restarts += 1
                 frames = -1
             seen = frames
+
+    def _restart_wal(self) -> None:
+        """Start a WAL the checkpointer could not restart over (writer thread, so no commit
+        is under way; the checkpointer is idle, its turn over)."""
+        conn = self._database().conn
+        began = time.perf_counter()
+        conn.execute(f"PRAGMA busy_timeout = {WAL_RESTART_WAIT_MS}")
+        try:
+            busy, frames, _ = conn.execute("PRAGMA wal_checkpoint(RESTART)").fetchone()
+        finally:
+            conn.execute(f"PRAGMA busy_timeout = {BUSY_TIMEOUT_MS}")
+        stats = self.wal_stats
+        took = time.perf_counter() - began
+        stats.writer_seconds += took
+        stats.writer_seconds_max = max(stats.writer_seconds_max, took)
+        stats.writer_restarts += 1
+        stats.writer_busy += busy
+        stats.log = 0 if not busy else frames
 
     # ------------------------------------------------------------------ thread hop
 
@@ -817,6 +890,9 @@ class Store:
             db.execute(f"PRAGMA synchronous = {self.config.synchronous.upper()}")
             if self.config.checkpoint_interval is not None:
                 db.execute(f"PRAGMA wal_autocheckpoint = {CHECKPOINT_BACKSTOP_PAGES}")
+            # a WAL that grew past this is cut back when it starts over
+            page = int(db.execute("PRAGMA page_size").fetchone()[0])
+            db.execute(f"PRAGMA journal_size_limit = {WAL_RESTART_PAGES * page}")
             create_schema(db)
             self._db = db
             self._outbox_totals()

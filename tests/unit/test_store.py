@@ -424,6 +424,58 @@ async def test_the_wal_is_checkpointed_off_the_commit_path(
         assert 0 < after["log"] < wal["log"]
 
 
+def wal_bound(pages: int) -> int:
+    """Bytes of a WAL file that holds ``pages`` pages of 4 KiB: header and frame headers too."""
+    return 32 + pages * (4096 + 24)
+
+
+@pytest.fixture
+def small_wal(monkeypatch: pytest.MonkeyPatch) -> int:
+    """Restart the WAL past 64 pages (8 MB is too long a load for a unit test)."""
+    monkeypatch.setattr(store_module, "WAL_RESTART_PAGES", 64)
+    return 64
+
+
+async def commit_while_checkpointing(store: Store, rounds: int, start: int) -> None:
+    """Commits that race the checkpointer's passes, as under a steady load."""
+    for i in range(start, start + rounds):
+        store.add_readings([reading(j, seq=j) for j in range(i * 200, (i + 1) * 200)])
+        await asyncio.gather(store.flush(), store.checkpoint())
+
+
+async def test_the_wal_stays_bounded_while_commits_race_the_checkpointer(
+    make_store: Callable[..., Store], tmp_path: Path, small_wal: int
+) -> None:
+    async with make_store() as store:
+        for i in range(30):
+            await commit_while_checkpointing(store, 1, i)
+            # whatever the checkpointer's passes left, the WAL starts over past the limit
+            assert store.wal_stats.log <= small_wal
+        assert (tmp_path / "gw.db-wal").stat().st_size <= wal_bound(2 * small_wal)
+        [n] = await store.query("SELECT count(*) AS n FROM readings")
+        assert n == {"n": 30 * 200}
+
+
+async def test_a_wal_a_reader_let_grow_is_cut_back_once_it_lets_go(
+    make_store: Callable[..., Store], tmp_path: Path, small_wal: int
+) -> None:
+    wal = tmp_path / "gw.db-wal"
+    async with make_store() as store:
+        await commit_while_checkpointing(store, 2, 0)
+        with contextlib.closing(sqlite3.connect(tmp_path / "gw.db")) as reader:
+            reader.execute("BEGIN")
+            [(seen,)] = reader.execute("SELECT count(*) FROM readings").fetchall()
+            await commit_while_checkpointing(store, 30, 2)
+            # the reader's snapshot pins the WAL: it grows, and the reader still sees it
+            assert wal.stat().st_size > wal_bound(4 * small_wal)
+            assert reader.execute("SELECT count(*) FROM readings").fetchall() == [(seen,)]
+            reader.execute("COMMIT")
+        await commit_while_checkpointing(store, 2, 32)
+        assert wal.stat().st_size <= wal_bound(2 * small_wal)
+        [n] = await store.query("SELECT count(*) AS n FROM readings")
+        assert n == {"n": 34 * 200}
+
+
 async def test_without_a_checkpoint_interval_sqlite_checkpoints_in_commits(
     make_store: Callable[..., Store],
 ) -> None:
