@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import math
 from array import array
-from bisect import bisect_left, insort
+from bisect import bisect_left, bisect_right
 from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -188,61 +188,89 @@ class EwmaScorer:
 
 
 class OrderedWindow:
-    """The last ``size`` values, also kept sorted: median and quartiles by rank.
+    """The last ``size`` values, kept sorted: median and quantiles by rank.
 
-    Up to ``FLAT_MAX`` values the sorted copy is a flat array updated with ``bisect``: the
+    Up to ``FLAT_MAX`` values the sorted values are a flat array updated with ``bisect``: the
     search is O(log n) and the insert/delete a memmove of at most ``FLAT_MAX`` slots in C,
     several times cheaper than a tree walked in Python at these sizes, with O(1) rank
-    access. Larger windows use ``sortedcontainers.SortedList`` (O(log n) throughout). The
-    arrival order is a ring. Both are arrays of ``typecode``: doubles (``"d"``, 16 bytes per
-    value with the sorted copy, instead of about 40 for lists of float objects) or floats
-    (``"f"``, 8 bytes per value; values are rounded to float32 as they are added).
+    access. Beside each sorted value, ``arrivals`` keeps its arrival number (modulo 2**16,
+    two bytes) instead of a second, arrival-ordered copy of the values: the oldest value is
+    found by its number with one ``bytearray.find`` in C. The values are an array of
+    ``typecode``: doubles (``"d"``, 10 bytes per value with its number) or floats (``"f"``,
+    6 bytes; values are rounded to float32 as they are added). Larger windows keep a
+    ``sortedcontainers.SortedList`` (O(log n) throughout) and an arrival-ordered ring.
     """
 
-    __slots__ = ("oldest", "ring", "size", "sorted")
+    __slots__ = ("added", "arrivals", "ring", "size", "sorted")
 
     def __init__(self, size: int, typecode: Literal["d", "f"] = "d") -> None:
         self.size = size
-        self.ring = array(typecode)
-        self.oldest = 0
-        """Index in ``ring`` of the oldest value, once the ring is full."""
-        self.sorted: array[float] | SortedList = (
-            array(typecode) if size <= FLAT_MAX else SortedList()
-        )
+        self.added = 0
+        """Values added so far: the next value's arrival number."""
+        self.sorted: array[float] | SortedList
+        self.arrivals = bytearray()
+        """Flat: the arrival number of each value of ``sorted``, 2 bytes little-endian."""
+        self.ring: array[float] | None = None
+        """Tree: the values in arrival order, the oldest at ``added % size`` once full."""
+        if size <= FLAT_MAX:
+            self.sorted = array(typecode)
+        else:
+            self.sorted, self.ring = SortedList(), array(typecode)
 
     def __len__(self) -> int:
-        return len(self.ring)
+        return len(self.sorted)
 
     def latest(self, n: int) -> list[float]:
         """The ``n`` most recent values, oldest first."""
-        ring, oldest = self.ring, self.oldest
-        in_order = list(ring[oldest:]) + list(ring[:oldest])
-        return in_order[len(in_order) - n :] if n > 0 else []
-
-    def ago(self, n: int) -> float:
-        """The value added ``n`` values ago (1: the latest); ``1 <= n <= len(self)``."""
-        ring = self.ring
-        return ring[(self.oldest - n) % len(ring)]
+        ring, count = self.ring, len(self.sorted)
+        if ring is not None:
+            oldest = self.added % self.size if count == self.size else 0
+            in_order = list(ring[oldest:]) + list(ring[:oldest])
+        else:
+            first, arrivals = self.added - count, self.arrivals
+            by_age = sorted(
+                range(count),
+                key=lambda i: (
+                    (int.from_bytes(arrivals[2 * i : 2 * i + 2], "little") - first) & 0xFFFF
+                ),
+            )
+            in_order = [self.sorted[i] for i in by_age]
+        return in_order[count - n :] if n > 0 else []
 
     def add(self, value: float) -> float | None:
         """Add ``value``; return the value it evicts (as stored), if the window was full."""
-        ring, ordered = self.ring, self.sorted
+        ordered, added = self.sorted, self.added
+        self.added = added + 1
+        full = len(ordered) >= self.size
+        if self.ring is not None:
+            assert isinstance(ordered, SortedList)
+            return self._add_tree(ordered, self.ring, value, full)
+        assert isinstance(ordered, array)
+        arrivals, evicted = self.arrivals, None
+        if full:
+            number = ((added - self.size) & 0xFFFF).to_bytes(2, "little")
+            at = arrivals.find(number)
+            while at & 1:  # the second byte of one number and the first of the next
+                at = arrivals.find(number, at + 1)
+            evicted = ordered.pop(at >> 1)
+            del arrivals[at : at + 2]
+        at = bisect_right(ordered, value)
+        ordered.insert(at, value)
+        arrivals[2 * at : 2 * at] = (added & 0xFFFF).to_bytes(2, "little")
+        return evicted
+
+    def _add_tree(
+        self, ordered: SortedList, ring: array[float], value: float, full: bool
+    ) -> float | None:
         evicted: float | None = None
-        if len(ring) < self.size:
+        if not full:
             ring.append(value)
         else:
-            oldest = self.oldest
+            oldest = (self.added - 1) % self.size
             evicted = ring[oldest]
             ring[oldest] = value
-            self.oldest = oldest + 1 if oldest + 1 < self.size else 0
-        if isinstance(ordered, array):
-            insort(ordered, value)
-            if evicted is not None:
-                del ordered[bisect_left(ordered, evicted)]
-        else:
-            ordered.add(ring[self.oldest - 1])  # as stored: rounded if the ring is float32
-            if evicted is not None:
-                ordered.remove(evicted)
+            ordered.remove(evicted)
+        ordered.add(ring[(self.added - 1) % self.size])  # as stored: rounded if float32
         return evicted
 
     def quantile(self, q: float) -> float:
@@ -635,10 +663,11 @@ class AnomalyScorer:
     sensible scale) and ``floor`` times the window's 1%-99% spread; for the level, also the
     distance from the median to the 1% tail on the reading's side over ``TAIL`` (so a
     heavy-tailed, spiky signal needs a spike beyond its usual ones). Memory is bounded and
-    grows to ``16 * window + (1 + 8 / block) * (memory - window) + 4 * buckets`` bytes per key: the
-    level and residual windows (float32, each a ring and a sorted copy), the novelty
-    memory beyond the level window in :class:`BlockMemory` (a byte a reading, off by at most
-    1/510 of its block's range), the profile in float32: about 13 KB with the defaults.
+    grows to ``12 * window + (1 + 8 / block) * (memory - window) + 4 * buckets`` bytes per
+    key: the level and residual windows (sorted float32, each value with a 2-byte arrival
+    number), the novelty memory beyond the level window in :class:`BlockMemory` (a byte a
+    reading, off by at most 1/510 of its block's range), the profile in float32: about 11 KB
+    with the defaults.
     Each reading costs O(log window); a point anomaly's novelty check O(memory / block).
     """
 
