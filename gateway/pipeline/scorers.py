@@ -25,6 +25,8 @@ FLAT_MAX = 4096
 NOVELTY_BLOCK = 8
 """``anomaly``: the novelty memory beyond the level window keeps the range of each block of
 this many readings (see BlockMemory)."""
+MEMORY_GROWTH = 32
+"""A BlockMemory grows by this many blocks at a time."""
 SPARSE_SLOTS = 16
 """A seasonal profile keeps up to this many slots in a dict before it takes an array."""
 CLIP = 3.0
@@ -303,45 +305,57 @@ class BlockMemory:
     step (1/510 of its block's range), and the extremes (a past spike is its block's max)
     are exact. The question scans the blocks' ranges (O(blocks)), then the bytes of the
     blocks whose range comes within ``gap``: it is asked for rare readings only.
+
+    Storage grows ``MEMORY_GROWTH`` blocks at a time, each time to its exact size (an
+    array grown by appending keeps up to a sixteenth more); the block being filled keeps
+    its values as they are, in an array of doubles.
     """
 
-    __slots__ = ("block", "blocks", "codes", "high", "low", "next", "pending")
+    __slots__ = ("block", "blocks", "codes", "filled", "held", "next", "pending", "ranges")
 
     def __init__(self, blocks: int, block: int) -> None:
         self.blocks, self.block = blocks, block
-        self.low = array("f")
-        self.high = array("f")
-        self.codes = array("B")
+        self.ranges = array("f")
+        """Each block's min and max, in turn."""
+        self.codes = bytearray()
+        self.filled = 0
+        """Blocks holding values (the storage may have room for more)."""
         self.next = 0
         """Index of the next block to overwrite, once ``blocks`` are full."""
-        self.pending: list[float] = []
-        """The values of the block being filled, as they are."""
+        self.pending = array("d", bytes(8 * block))
+        """The values of the block being filled, its first ``held``."""
+        self.held = 0
 
     def add(self, value: float) -> None:
-        pending = self.pending
-        pending.append(value)
-        if len(pending) < self.block:
+        pending, held = self.pending, self.held + 1
+        pending[held - 1] = value
+        if held < self.block:
+            self.held = held
             return
+        self.held = 0
         low, high = min(pending), max(pending)
         per_step = 255.0 / (high - low) if high > low else 0.0
-        codes = array("B", [round((x - low) * per_step) for x in pending])
-        pending.clear()
-        if len(self.low) < self.blocks:
-            self.low.append(low)
-            self.high.append(high)
-            self.codes.extend(codes)
-            return
-        i = self.next
-        self.low[i], self.high[i] = low, high
-        self.codes[i * self.block : (i + 1) * self.block] = codes
-        self.next = i + 1 if i + 1 < self.blocks else 0
+        codes = bytes([round((x - low) * per_step) for x in pending])
+        block, filled = self.block, self.filled
+        if filled < self.blocks:
+            self.filled, i = filled + 1, filled
+            if 2 * filled == len(self.ranges):  # full: grow, to the exact size
+                more = min(MEMORY_GROWTH, self.blocks - filled)
+                self.ranges = self.ranges + array("f", bytes(8 * more))
+                self.codes = self.codes + bytes(block * more)
+        else:
+            i = self.next
+            self.next = i + 1 if i + 1 < self.blocks else 0
+        self.ranges[2 * i], self.ranges[2 * i + 1] = low, high
+        self.codes[i * block : (i + 1) * block] = codes
 
     def near(self, value: float, gap: float) -> bool:
         """Whether a remembered value lies within ``gap`` (give or take half a step)."""
-        if any(abs(x - value) <= gap for x in self.pending):
+        if any(abs(x - value) <= gap for x in self.pending[: self.held]):
             return True
         above, below, block, codes = value - gap, value + gap, self.block, self.codes
-        for i, (low, high) in enumerate(zip(self.low, self.high, strict=True)):
+        ranges = self.ranges[: 2 * self.filled]
+        for i, (low, high) in enumerate(zip(ranges[0::2], ranges[1::2], strict=True)):
             if low > below or high < above:
                 continue
             step = (high - low) / 255.0

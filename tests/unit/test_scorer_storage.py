@@ -10,7 +10,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from gateway.pipeline import scorers
-from gateway.pipeline.scorers import OrderedWindow
+from gateway.pipeline.scorers import BlockMemory, OrderedWindow
 
 # Few distinct values, so that ties (and float32 rounding onto the same value) are common.
 VALUES = st.lists(
@@ -70,3 +70,39 @@ def test_arrival_numbers_wrap_around_without_losing_the_oldest() -> None:
         plain.append(value)
     assert list(window.sorted) == sorted(plain)
     assert window.latest(600) == list(plain)
+
+
+def remembered(values: list[float], blocks: int, block: int) -> tuple[list[float], list[float]]:
+    """What a block memory remembers of ``values``: the block being filled, as it is, and the
+    last ``blocks`` full blocks, each value at its step between the block's float32 extremes."""
+    cut = len(values) - len(values) % block
+    out: list[float] = []
+    for start in range(max(0, cut - blocks * block), cut, block):
+        chunk = values[start : start + block]
+        low, high = min(chunk), max(chunk)
+        per_step = 255.0 / (high - low) if high > low else 0.0
+        low32, high32 = array("f", [low, high])
+        step = (high32 - low32) / 255.0
+        out.extend(low32 + round((x - low) * per_step) * step for x in chunk)
+    return values[cut:], out
+
+
+@settings(max_examples=150, deadline=None)
+@given(
+    st.lists(st.floats(-1e3, 1e3, width=32), max_size=200),
+    st.integers(1, 6),
+    st.integers(1, 8),
+    st.lists(st.tuples(st.floats(-1.1e3, 1.1e3), st.floats(0, 50)), min_size=1, max_size=20),
+)
+def test_a_block_memory_answers_as_the_values_it_remembers_would(
+    values: list[float], blocks: int, block: int, queries: list[tuple[float, float]]
+) -> None:
+    memory = BlockMemory(blocks, block)
+    for value in values:
+        memory.add(value)
+    pending, stepped = remembered(values, blocks, block)
+    for query, gap in queries:
+        expected = any(abs(x - query) <= gap for x in pending) or any(
+            query - gap <= x <= query + gap for x in stepped
+        )
+        assert memory.near(query, gap) == expected
