@@ -248,17 +248,28 @@ class OrderedWindow:
             assert isinstance(ordered, SortedList)
             return self._add_tree(ordered, self.ring, value, full)
         assert isinstance(ordered, array)
-        arrivals, evicted = self.arrivals, None
-        if full:
-            number = ((added - self.size) & 0xFFFF).to_bytes(2, "little")
-            at = arrivals.find(number)
-            while at & 1:  # the second byte of one number and the first of the next
-                at = arrivals.find(number, at + 1)
-            evicted = ordered.pop(at >> 1)
-            del arrivals[at : at + 2]
+        arrivals, number = self.arrivals, (added & 0xFFFF).to_bytes(2, "little")
+        if not full:
+            at = bisect_right(ordered, value)
+            ordered.insert(at, value)
+            arrivals[2 * at : 2 * at] = number
+            if len(ordered) == self.size:  # full from now on: no more room needed
+                self.sorted, self.arrivals = array(ordered.typecode, ordered), bytearray(arrivals)
+            return None
+        oldest = ((added - self.size) & 0xFFFF).to_bytes(2, "little")
+        gone = arrivals.find(oldest)
+        while gone & 1:  # the second byte of one number and the first of the next
+            gone = arrivals.find(oldest, gone + 1)
+        evicted = ordered.pop(gone >> 1)
         at = bisect_right(ordered, value)
         ordered.insert(at, value)
-        arrivals[2 * at : 2 * at] = (added & 0xFFFF).to_bytes(2, "little")
+        # One assignment of the same length: the bytearray is never resized (a deletion at
+        # its start would move its start and make the next insertion grow it).
+        at *= 2
+        if at >= gone:
+            arrivals[gone : at + 2] = arrivals[gone + 2 : at + 2] + number
+        else:
+            arrivals[at : gone + 2] = number + arrivals[at:gone]
         return evicted
 
     def _add_tree(
