@@ -93,9 +93,10 @@ def rss_mb() -> float:
     raise RuntimeError("no VmRSS in /proc/self/status")
 
 
-def measure_rss(cfg: Config, devices: int, per_device: int, interval: float) -> None:
+def measure_rss(
+    cfg: Config, out: IO[bytes], devices: int, per_device: int, interval: float
+) -> None:
     """Feed the pipelines in this process; print its RSS before and after."""
-    out = open(os.devnull, "wb")  # noqa: SIM115 (what is written is output, not state)
     gc.collect()
     before = rss_mb()
     pushes = build(cfg, 1.7e9, out)
@@ -111,21 +112,17 @@ def measure_rss(cfg: Config, devices: int, per_device: int, interval: float) -> 
     )
 
 
-def main(argv: Sequence[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--devices", type=int, default=10_000)
-    parser.add_argument("--readings", type=int, default=2, help="readings per device")
-    parser.add_argument("--interval", type=float, default=1.0, help="seconds between readings")
-    parser.add_argument("--project", type=int, default=10_000, help="device+metrics projected")
-    parser.add_argument("--top", type=int, default=8, help="allocation sites shown")
-    parser.add_argument("--rss", action="store_true", help="measure this process's RSS")
-    args = parser.parse_args(argv)
-    cfg = config()
-    if args.rss:
-        measure_rss(cfg, args.devices, args.readings, args.interval)
-        return 0
-    fed = list(readings(args.devices, args.readings, args.interval))
-    out = open(os.devnull, "wb")  # noqa: SIM115 (what is written is output, not state)
+def measure_heap(
+    cfg: Config,
+    out: IO[bytes],
+    devices: int,
+    per_device: int,
+    interval: float,
+    project: int,
+    top: int,
+) -> None:
+    """Feed the pipelines under tracemalloc; print what they hold and where."""
+    fed = list(readings(devices, per_device, interval))
     gc.collect()
     tracemalloc.start()
     before = tracemalloc.take_snapshot()
@@ -137,14 +134,32 @@ def main(argv: Sequence[str] | None = None) -> int:
     stats = tracemalloc.take_snapshot().compare_to(before, "lineno")
     tracemalloc.stop()
     total = sum(s.size_diff for s in stats)
-    n = args.devices
     print(
-        f"{n} devices x {args.readings} readings, {args.interval:g}s apart: {total / n:,.0f}"
-        f" bytes per device+metric, {total / n * args.project / 1e6:,.1f} MB for {args.project:,}"
+        f"{devices} devices x {per_device} readings, {interval:g}s apart: {total / devices:,.0f}"
+        f" bytes per device+metric, {total / devices * project / 1e6:,.1f} MB for {project:,}"
     )
-    for s in stats[: args.top]:
+    for s in stats[:top]:
         frame = s.traceback[0]
-        print(f"  {s.size_diff / n:8,.0f} B  {Path(frame.filename).name}:{frame.lineno}")
+        print(f"  {s.size_diff / devices:8,.0f} B  {Path(frame.filename).name}:{frame.lineno}")
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--devices", type=int, default=10_000)
+    parser.add_argument("--readings", type=int, default=2, help="readings per device")
+    parser.add_argument("--interval", type=float, default=1.0, help="seconds between readings")
+    parser.add_argument("--project", type=int, default=10_000, help="device+metrics projected")
+    parser.add_argument("--top", type=int, default=8, help="allocation sites shown")
+    parser.add_argument("--rss", action="store_true", help="measure this process's RSS")
+    args = parser.parse_args(argv)
+    cfg = config()
+    with open(os.devnull, "wb") as out:  # what is written is output, not state
+        if args.rss:
+            measure_rss(cfg, out, args.devices, args.readings, args.interval)
+        else:
+            measure_heap(
+                cfg, out, args.devices, args.readings, args.interval, args.project, args.top
+            )
     return 0
 
 
