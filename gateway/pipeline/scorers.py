@@ -195,23 +195,26 @@ class OrderedWindow:
     Up to ``FLAT_MAX`` values the sorted values are a flat array updated with ``bisect``: the
     search is O(log n) and the insert/delete a memmove of at most ``FLAT_MAX`` slots in C,
     several times cheaper than a tree walked in Python at these sizes, with O(1) rank
-    access. Beside each sorted value, ``arrivals`` keeps its arrival number (modulo 2**16,
-    two bytes) instead of a second, arrival-ordered copy of the values: the oldest value is
-    found by its number with one ``bytearray.find`` in C. The values are an array of
-    ``typecode``: doubles (``"d"``, 10 bytes per value with its number) or floats (``"f"``,
-    6 bytes; values are rounded to float32 as they are added). Larger windows keep a
-    ``sortedcontainers.SortedList`` (O(log n) throughout) and an arrival-ordered ring.
+    access. Beside each sorted value, ``low`` and ``high`` keep the two bytes of its arrival
+    number (modulo 2**16) instead of a second, arrival-ordered copy of the values: the
+    oldest value is found by searching ``low`` for its low byte (``memchr``, in C), a few
+    candidates at most. The values are an array of ``typecode``: doubles (``"d"``, 10 bytes
+    per value with its number) or floats (``"f"``, 6 bytes; values are rounded to float32
+    as they are added). Larger windows keep a ``sortedcontainers.SortedList`` (O(log n)
+    throughout) and an arrival-ordered ring.
     """
 
-    __slots__ = ("added", "arrivals", "ring", "size", "sorted")
+    __slots__ = ("added", "high", "low", "ring", "size", "sorted")
 
     def __init__(self, size: int, typecode: Literal["d", "f"] = "d") -> None:
         self.size = size
         self.added = 0
         """Values added so far: the next value's arrival number."""
         self.sorted: array[float] | SortedList
-        self.arrivals = bytearray()
-        """Flat: the arrival number of each value of ``sorted``, 2 bytes little-endian."""
+        # Flat: the low and high byte of the arrival number of each value of ``sorted``, one
+        # place on: a byte at the start, never deleted (a deletion at a bytearray's start
+        # moves its start, and the next insertion grows it by an eighth).
+        self.low, self.high = bytearray(1), bytearray(1)
         self.ring: array[float] | None = None
         """Tree: the values in arrival order, the oldest at ``added % size`` once full."""
         if size <= FLAT_MAX:
@@ -229,52 +232,43 @@ class OrderedWindow:
             oldest = self.added % self.size if count == self.size else 0
             in_order = list(ring[oldest:]) + list(ring[:oldest])
         else:
-            first, arrivals = self.added - count, self.arrivals
+            first, low, high = self.added - count, self.low, self.high
             by_age = sorted(
-                range(count),
-                key=lambda i: (
-                    (int.from_bytes(arrivals[2 * i : 2 * i + 2], "little") - first) & 0xFFFF
-                ),
+                range(count), key=lambda i: ((low[i + 1] | high[i + 1] << 8) - first) & 0xFFFF
             )
             in_order = [self.sorted[i] for i in by_age]
         return in_order[count - n :] if n > 0 else []
 
     def add(self, value: float) -> float | None:
         """Add ``value``; return the value it evicts (as stored), if the window was full."""
-        ordered, added = self.sorted, self.added
-        self.added = added + 1
-        full = len(ordered) >= self.size
         if self.ring is not None:
-            assert isinstance(ordered, SortedList)
-            return self._add_tree(ordered, self.ring, value, full)
-        assert isinstance(ordered, array)
-        arrivals, number = self.arrivals, (added & 0xFFFF).to_bytes(2, "little")
-        if not full:
-            at = bisect_right(ordered, value)
-            ordered.insert(at, value)
-            arrivals[2 * at : 2 * at] = number
-            if len(ordered) == self.size:  # full from now on: no more room needed
-                self.sorted, self.arrivals = array(ordered.typecode, ordered), bytearray(arrivals)
-            return None
-        oldest = ((added - self.size) & 0xFFFF).to_bytes(2, "little")
-        gone = arrivals.find(oldest)
-        while gone & 1:  # the second byte of one number and the first of the next
-            gone = arrivals.find(oldest, gone + 1)
-        evicted = ordered.pop(gone >> 1)
+            return self._add_tree(value)
+        ordered: array[float] = self.sorted
+        added, low, high = self.added, self.low, self.high
+        self.added = added + 1
+        evicted = None
+        if len(ordered) == self.size:
+            oldest = added - self.size
+            byte, top = oldest & 0xFF, (oldest >> 8) & 0xFF
+            gone = low.find(byte, 1)
+            while high[gone] != top:  # another number with the same low byte
+                gone = low.find(byte, gone + 1)
+            evicted = ordered.pop(gone - 1)
+            del low[gone], high[gone]
         at = bisect_right(ordered, value)
         ordered.insert(at, value)
-        # One assignment of the same length: the bytearray is never resized (a deletion at
-        # its start would move its start and make the next insertion grow it).
-        at *= 2
-        if at >= gone:
-            arrivals[gone : at + 2] = arrivals[gone + 2 : at + 2] + number
-        else:
-            arrivals[at : gone + 2] = number + arrivals[at:gone]
+        low.insert(at + 1, added & 0xFF)
+        high.insert(at + 1, (added >> 8) & 0xFF)
+        if evicted is None and len(ordered) == self.size:  # full from now on: no more room
+            self.sorted, self.low, self.high = array(ordered.typecode, ordered), low[:], high[:]
         return evicted
 
-    def _add_tree(
-        self, ordered: SortedList, ring: array[float], value: float, full: bool
-    ) -> float | None:
+    def _add_tree(self, value: float) -> float | None:
+        ordered: SortedList = self.sorted
+        ring = self.ring
+        assert ring is not None
+        full = len(ordered) == self.size
+        self.added += 1
         evicted: float | None = None
         if not full:
             ring.append(value)
