@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import math
 from array import array
-from bisect import bisect_left, insort
+from bisect import bisect_left, bisect_right
 from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -25,6 +25,8 @@ FLAT_MAX = 4096
 NOVELTY_BLOCK = 8
 """``anomaly``: the novelty memory beyond the level window keeps the range of each block of
 this many readings (see BlockMemory)."""
+MEMORY_GROWTH = 32
+"""A BlockMemory grows by this many blocks at a time."""
 SPARSE_SLOTS = 16
 """A seasonal profile keeps up to this many slots in a dict before it takes an array."""
 CLIP = 3.0
@@ -188,61 +190,94 @@ class EwmaScorer:
 
 
 class OrderedWindow:
-    """The last ``size`` values, also kept sorted: median and quartiles by rank.
+    """The last ``size`` values, kept sorted: median and quantiles by rank.
 
-    Up to ``FLAT_MAX`` values the sorted copy is a flat array updated with ``bisect``: the
+    Up to ``FLAT_MAX`` values the sorted values are a flat array updated with ``bisect``: the
     search is O(log n) and the insert/delete a memmove of at most ``FLAT_MAX`` slots in C,
     several times cheaper than a tree walked in Python at these sizes, with O(1) rank
-    access. Larger windows use ``sortedcontainers.SortedList`` (O(log n) throughout). The
-    arrival order is a ring. Both are arrays of ``typecode``: doubles (``"d"``, 16 bytes per
-    value with the sorted copy, instead of about 40 for lists of float objects) or floats
-    (``"f"``, 8 bytes per value; values are rounded to float32 as they are added).
+    access. Beside each sorted value, ``low`` and ``high`` keep the two bytes of its arrival
+    number (modulo 2**16) instead of a second, arrival-ordered copy of the values: the
+    oldest value is found by searching ``low`` for its low byte (``memchr``, in C), a few
+    candidates at most. The values are an array of ``typecode``: doubles (``"d"``, 10 bytes
+    per value with its number) or floats (``"f"``, 6 bytes; values are rounded to float32
+    as they are added). Larger windows keep a ``sortedcontainers.SortedList`` (O(log n)
+    throughout) and an arrival-ordered ring.
     """
 
-    __slots__ = ("oldest", "ring", "size", "sorted")
+    __slots__ = ("added", "high", "low", "ring", "size", "sorted")
 
     def __init__(self, size: int, typecode: Literal["d", "f"] = "d") -> None:
         self.size = size
-        self.ring = array(typecode)
-        self.oldest = 0
-        """Index in ``ring`` of the oldest value, once the ring is full."""
-        self.sorted: array[float] | SortedList = (
-            array(typecode) if size <= FLAT_MAX else SortedList()
-        )
+        self.added = 0
+        """Values added so far: the next value's arrival number."""
+        self.sorted: array[float] | SortedList
+        # Flat: the low and high byte of the arrival number of each value of ``sorted``, one
+        # place on: a byte at the start, never deleted (a deletion at a bytearray's start
+        # moves its start, and the next insertion grows it by an eighth).
+        self.low, self.high = bytearray(1), bytearray(1)
+        self.ring: array[float] | None = None
+        """Tree: the values in arrival order, the oldest at ``added % size`` once full."""
+        if size <= FLAT_MAX:
+            self.sorted = array(typecode)
+        else:
+            self.sorted, self.ring = SortedList(), array(typecode)
 
     def __len__(self) -> int:
-        return len(self.ring)
+        return len(self.sorted)
 
     def latest(self, n: int) -> list[float]:
         """The ``n`` most recent values, oldest first."""
-        ring, oldest = self.ring, self.oldest
-        in_order = list(ring[oldest:]) + list(ring[:oldest])
-        return in_order[len(in_order) - n :] if n > 0 else []
-
-    def ago(self, n: int) -> float:
-        """The value added ``n`` values ago (1: the latest); ``1 <= n <= len(self)``."""
-        ring = self.ring
-        return ring[(self.oldest - n) % len(ring)]
+        ring, count = self.ring, len(self.sorted)
+        if ring is not None:
+            oldest = self.added % self.size if count == self.size else 0
+            in_order = list(ring[oldest:]) + list(ring[:oldest])
+        else:
+            first, low, high = self.added - count, self.low, self.high
+            by_age = sorted(
+                range(count), key=lambda i: ((low[i + 1] | high[i + 1] << 8) - first) & 0xFFFF
+            )
+            in_order = [self.sorted[i] for i in by_age]
+        return in_order[count - n :] if n > 0 else []
 
     def add(self, value: float) -> float | None:
         """Add ``value``; return the value it evicts (as stored), if the window was full."""
-        ring, ordered = self.ring, self.sorted
+        if self.ring is not None:
+            return self._add_tree(value)
+        ordered: array[float] = self.sorted
+        added, low, high = self.added, self.low, self.high
+        self.added = added + 1
+        evicted = None
+        if len(ordered) == self.size:
+            oldest = added - self.size
+            byte, top = oldest & 0xFF, (oldest >> 8) & 0xFF
+            gone = low.find(byte, 1)
+            while high[gone] != top:  # another number with the same low byte
+                gone = low.find(byte, gone + 1)
+            evicted = ordered.pop(gone - 1)
+            del low[gone], high[gone]
+        at = bisect_right(ordered, value)
+        ordered.insert(at, value)
+        low.insert(at + 1, added & 0xFF)
+        high.insert(at + 1, (added >> 8) & 0xFF)
+        if evicted is None and len(ordered) == self.size:  # full from now on: no more room
+            self.sorted, self.low, self.high = array(ordered.typecode, ordered), low[:], high[:]
+        return evicted
+
+    def _add_tree(self, value: float) -> float | None:
+        ordered: SortedList = self.sorted
+        ring = self.ring
+        assert ring is not None
+        full = len(ordered) == self.size
+        self.added += 1
         evicted: float | None = None
-        if len(ring) < self.size:
+        if not full:
             ring.append(value)
         else:
-            oldest = self.oldest
+            oldest = (self.added - 1) % self.size
             evicted = ring[oldest]
             ring[oldest] = value
-            self.oldest = oldest + 1 if oldest + 1 < self.size else 0
-        if isinstance(ordered, array):
-            insort(ordered, value)
-            if evicted is not None:
-                del ordered[bisect_left(ordered, evicted)]
-        else:
-            ordered.add(ring[self.oldest - 1])  # as stored: rounded if the ring is float32
-            if evicted is not None:
-                ordered.remove(evicted)
+            ordered.remove(evicted)
+        ordered.add(ring[(self.added - 1) % self.size])  # as stored: rounded if float32
         return evicted
 
     def quantile(self, q: float) -> float:
@@ -275,45 +310,57 @@ class BlockMemory:
     step (1/510 of its block's range), and the extremes (a past spike is its block's max)
     are exact. The question scans the blocks' ranges (O(blocks)), then the bytes of the
     blocks whose range comes within ``gap``: it is asked for rare readings only.
+
+    Storage grows ``MEMORY_GROWTH`` blocks at a time, each time to its exact size (an
+    array grown by appending keeps up to a sixteenth more); the block being filled keeps
+    its values as they are, in an array of doubles.
     """
 
-    __slots__ = ("block", "blocks", "codes", "high", "low", "next", "pending")
+    __slots__ = ("block", "blocks", "codes", "filled", "held", "next", "pending", "ranges")
 
     def __init__(self, blocks: int, block: int) -> None:
         self.blocks, self.block = blocks, block
-        self.low = array("f")
-        self.high = array("f")
-        self.codes = array("B")
+        self.ranges = array("f")
+        """Each block's min and max, in turn."""
+        self.codes = bytearray()
+        self.filled = 0
+        """Blocks holding values (the storage may have room for more)."""
         self.next = 0
         """Index of the next block to overwrite, once ``blocks`` are full."""
-        self.pending: list[float] = []
-        """The values of the block being filled, as they are."""
+        self.pending = array("d", bytes(8 * block))
+        """The values of the block being filled, its first ``held``."""
+        self.held = 0
 
     def add(self, value: float) -> None:
-        pending = self.pending
-        pending.append(value)
-        if len(pending) < self.block:
+        pending, held = self.pending, self.held + 1
+        pending[held - 1] = value
+        if held < self.block:
+            self.held = held
             return
+        self.held = 0
         low, high = min(pending), max(pending)
         per_step = 255.0 / (high - low) if high > low else 0.0
-        codes = array("B", [round((x - low) * per_step) for x in pending])
-        pending.clear()
-        if len(self.low) < self.blocks:
-            self.low.append(low)
-            self.high.append(high)
-            self.codes.extend(codes)
-            return
-        i = self.next
-        self.low[i], self.high[i] = low, high
-        self.codes[i * self.block : (i + 1) * self.block] = codes
-        self.next = i + 1 if i + 1 < self.blocks else 0
+        codes = bytes([round((x - low) * per_step) for x in pending])
+        block, filled = self.block, self.filled
+        if filled < self.blocks:
+            self.filled, i = filled + 1, filled
+            if 2 * filled == len(self.ranges):  # full: grow, to the exact size
+                more = min(MEMORY_GROWTH, self.blocks - filled)
+                self.ranges = self.ranges + array("f", bytes(8 * more))
+                self.codes = self.codes + bytes(block * more)
+        else:
+            i = self.next
+            self.next = i + 1 if i + 1 < self.blocks else 0
+        self.ranges[2 * i], self.ranges[2 * i + 1] = low, high
+        self.codes[i * block : (i + 1) * block] = codes
 
     def near(self, value: float, gap: float) -> bool:
         """Whether a remembered value lies within ``gap`` (give or take half a step)."""
-        if any(abs(x - value) <= gap for x in self.pending):
+        if any(abs(x - value) <= gap for x in self.pending[: self.held]):
             return True
         above, below, block, codes = value - gap, value + gap, self.block, self.codes
-        for i, (low, high) in enumerate(zip(self.low, self.high, strict=True)):
+        ranges = self.ranges[: 2 * self.filled]
+        for i, (low, high) in enumerate(zip(ranges[0::2], ranges[1::2], strict=True)):
             if low > below or high < above:
                 continue
             step = (high - low) / 255.0
@@ -635,10 +682,11 @@ class AnomalyScorer:
     sensible scale) and ``floor`` times the window's 1%-99% spread; for the level, also the
     distance from the median to the 1% tail on the reading's side over ``TAIL`` (so a
     heavy-tailed, spiky signal needs a spike beyond its usual ones). Memory is bounded and
-    grows to ``16 * window + (1 + 8 / block) * (memory - window) + 4 * buckets`` bytes per key: the
-    level and residual windows (float32, each a ring and a sorted copy), the novelty
-    memory beyond the level window in :class:`BlockMemory` (a byte a reading, off by at most
-    1/510 of its block's range), the profile in float32: about 13 KB with the defaults.
+    grows to ``12 * window + (1 + 8 / block) * (memory - window) + 4 * buckets`` bytes per
+    key: the level and residual windows (sorted float32, each value with a 2-byte arrival
+    number), the novelty memory beyond the level window in :class:`BlockMemory` (a byte a
+    reading, off by at most 1/510 of its block's range), the profile in float32: about 11 KB
+    with the defaults.
     Each reading costs O(log window); a point anomaly's novelty check O(memory / block).
     """
 

@@ -9,20 +9,25 @@ the allocation sites that hold most of it::
     python -m gateway.tools.mem_per_key --devices 300 --readings 2100 --interval 300
         # detector state full: 2016 readings of novelty memory, 288 time-of-day slots
 
-It also prints what that is for ``--project`` device+metrics (default 10,000).
+It also prints what that is for ``--project`` device+metrics (default 10,000). With ``--rss``
+it measures the process instead (no tracemalloc, readings made as they are fed): its RSS
+with the pipeline's state for every device, and the growth since the pipeline was built::
+
+    python -m gateway.tools.mem_per_key --rss --devices 10000 --readings 2100 --interval 300
+        # a real process holding 10,000 full keys
 """
 
 from __future__ import annotations
 
 import argparse
 import gc
-import io
+import os
 import sys
 import tracemalloc
-from collections.abc import Sequence
+from collections.abc import Callable, Iterator, Sequence
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
+from typing import IO, Any
 
 import yaml
 
@@ -52,6 +57,92 @@ def config() -> Config:
     )
 
 
+def readings(devices: int, per_device: int, interval: float) -> Iterator[Reading]:
+    """``per_device`` readings of every device in turn, ``interval`` apart, one metric."""
+    for k in range(per_device):
+        for d in range(devices):
+            yield Reading(
+                "fleet",
+                f"dev-{d:05d}",
+                "temp",
+                20.0 + d % 7 + k * 0.1,
+                1.7e9 + k * interval + d * 1e-5,
+            )
+
+
+def build(cfg: Config, start: float, out: IO[bytes]) -> list[Callable[[Reading], None]]:
+    """The pipelines of ``cfg`` as the replay builds them, writing to ``out``: their pushes."""
+    scheduler = ReplayScheduler(datetime.fromtimestamp(start, UTC))
+    outputs, counters, ids = StdoutOutputs(out), Counters(), MessageIds()
+    sink = cfg.sinks[0]
+    target = Target(sink.id, sink.topics.reading, sink.topics.aggregate, sink.topics.alert, 1)
+    pushes: list[Callable[[Reading], None]] = []
+    for p in cfg.pipelines:
+        feed = Feed()
+        router = Router(cfg.gateway.id, p.id, outputs, [target], ids, p.forward)
+        feed.pipe(compile_steps(p.id, p.steps, scheduler, counters)).subscribe(router)
+        pushes.extend(o.on_next for o in feed.observers)
+    return pushes
+
+
+def rss_mb() -> float:
+    """This process's resident set size in MB (Linux)."""
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1]) / 1024
+    raise RuntimeError("no VmRSS in /proc/self/status")
+
+
+def measure_rss(
+    cfg: Config, out: IO[bytes], devices: int, per_device: int, interval: float
+) -> None:
+    """Feed the pipelines in this process; print its RSS before and after."""
+    gc.collect()
+    before = rss_mb()
+    pushes = build(cfg, 1.7e9, out)
+    for reading in readings(devices, per_device, interval):
+        for push in pushes:
+            push(reading)
+    gc.collect()
+    after = rss_mb()
+    print(
+        f"{devices} devices x {per_device} readings, {interval:g}s apart: RSS {after:,.1f} MB"
+        f" ({before:,.1f} MB before the pipelines; {(after - before) * 1e6 / devices:,.0f}"
+        f" bytes per device+metric)"
+    )
+
+
+def measure_heap(
+    cfg: Config,
+    out: IO[bytes],
+    devices: int,
+    per_device: int,
+    interval: float,
+    project: int,
+    top: int,
+) -> None:
+    """Feed the pipelines under tracemalloc; print what they hold and where."""
+    fed = list(readings(devices, per_device, interval))
+    gc.collect()
+    tracemalloc.start()
+    before = tracemalloc.take_snapshot()
+    pushes = build(cfg, fed[0].ts, out)
+    for reading in fed:
+        for push in pushes:
+            push(reading)
+    gc.collect()
+    stats = tracemalloc.take_snapshot().compare_to(before, "lineno")
+    tracemalloc.stop()
+    total = sum(s.size_diff for s in stats)
+    print(
+        f"{devices} devices x {per_device} readings, {interval:g}s apart: {total / devices:,.0f}"
+        f" bytes per device+metric, {total / devices * project / 1e6:,.1f} MB for {project:,}"
+    )
+    for s in stats[:top]:
+        frame = s.traceback[0]
+        print(f"  {s.size_diff / devices:8,.0f} B  {Path(frame.filename).name}:{frame.lineno}")
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--devices", type=int, default=10_000)
@@ -59,49 +150,16 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--interval", type=float, default=1.0, help="seconds between readings")
     parser.add_argument("--project", type=int, default=10_000, help="device+metrics projected")
     parser.add_argument("--top", type=int, default=8, help="allocation sites shown")
+    parser.add_argument("--rss", action="store_true", help="measure this process's RSS")
     args = parser.parse_args(argv)
     cfg = config()
-    readings = [
-        Reading(
-            "fleet",
-            f"dev-{d:05d}",
-            "temp",
-            20.0 + d % 7 + k * 0.1,
-            1.7e9 + k * args.interval + d * 1e-5,
-        )
-        for k in range(args.readings)
-        for d in range(args.devices)
-    ]
-    gc.collect()
-    tracemalloc.start()
-    before = tracemalloc.take_snapshot()
-    scheduler = ReplayScheduler(datetime.fromtimestamp(readings[0].ts, UTC))
-    outputs, counters, ids = StdoutOutputs(io.BytesIO()), Counters(), MessageIds()
-    sink = cfg.sinks[0]
-    target = Target(sink.id, sink.topics.reading, sink.topics.aggregate, sink.topics.alert, 1)
-    feeds = []
-    for p in cfg.pipelines:
-        feed = Feed()
-        router = Router(cfg.gateway.id, p.id, outputs, [target], ids, p.forward)
-        feed.pipe(compile_steps(p.id, p.steps, scheduler, counters)).subscribe(router)
-        feeds.append(feed)
-    pushes = [o.on_next for feed in feeds for o in feed.observers]
-    for reading in readings:
-        for push in pushes:
-            push(reading)
-    outputs.out = io.BytesIO()  # what was written is output, not state
-    gc.collect()
-    stats = tracemalloc.take_snapshot().compare_to(before, "lineno")
-    tracemalloc.stop()
-    total = sum(s.size_diff for s in stats)
-    n = args.devices
-    print(
-        f"{n} devices x {args.readings} readings, {args.interval:g}s apart: {total / n:,.0f}"
-        f" bytes per device+metric, {total / n * args.project / 1e6:,.1f} MB for {args.project:,}"
-    )
-    for s in stats[: args.top]:
-        frame = s.traceback[0]
-        print(f"  {s.size_diff / n:8,.0f} B  {Path(frame.filename).name}:{frame.lineno}")
+    with open(os.devnull, "wb") as out:  # what is written is output, not state
+        if args.rss:
+            measure_rss(cfg, out, args.devices, args.readings, args.interval)
+        else:
+            measure_heap(
+                cfg, out, args.devices, args.readings, args.interval, args.project, args.top
+            )
     return 0
 
 
