@@ -776,11 +776,17 @@ class Store:
         """Copy the committed WAL pages into the database file now, on the checkpointer
         thread, without holding up commits (``run`` does it every ``checkpoint_interval``).
         If that leaves the WAL past ``WAL_RESTART_PAGES``, the writer starts it over between
-        two commits."""
+        two commits, unless commits are backlogged: a writer short of CPU restarts slowly
+        (72 ms on average in ``wal_watch``'s overload phase), and SQLite's backstop at
+        ``CHECKPOINT_BACKSTOP_PAGES`` bounds the WAL meanwhile."""
         if self._checkpointer is not None:
             await asyncio.shield(self._checkpoint_call(self._checkpoint))
             stats = self.wal_stats
-            if stats.log > WAL_RESTART_PAGES and stats.behind <= WAL_RESTART_RESIDUE_PAGES:
+            if (
+                stats.log > WAL_RESTART_PAGES
+                and stats.behind <= WAL_RESTART_RESIDUE_PAGES
+                and self._n_pending < self.config.batch_max
+            ):
                 await asyncio.shield(self._call(self._restart_wal))
 
     async def _checkpoint_loop(self) -> None:
