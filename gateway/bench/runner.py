@@ -117,6 +117,12 @@ class Step:
     delivered: int
     ok: bool
     cpu_pct: float
+    backlog: int | None = None
+    """Readings not through when the step's grace ran out (a step that failed)."""
+    drain_s: float | None = None
+    """Seconds from then until they were through (or progress stopped: the rest was lost)."""
+    left: int | None = None
+    """Of those, readings not through when progress stopped (lost)."""
 
 
 @dataclass
@@ -192,9 +198,10 @@ class Bench:
 
     def _settle(
         self, system: System, until: int | None = None, quiet_s: float = 1.0, timeout: float = 30.0
-    ) -> None:
+    ) -> float:
         """Wait until the system's progress reaches ``until`` (its backlog is drained) or stops
-        (what is left was lost), so that the next step does not count an earlier backlog."""
+        (what is left was lost), so that the next step does not count an earlier backlog;
+        returns when (``time.monotonic``) progress last moved."""
         last, since, deadline = system.progress(), time.monotonic(), time.monotonic() + timeout
         while (
             (until is None or last < until)
@@ -205,6 +212,15 @@ class Bench:
             now = system.progress()
             if now != last:
                 last, since = now, time.monotonic()
+        return since
+
+    def _drain(self, system: System, step: Step, expected: int) -> None:
+        """Wait out a failed step's backlog, and say how big it was and how long it took."""
+        step.backlog = max(0, expected - system.progress())
+        t = time.monotonic()
+        step.drain_s = round(self._settle(system, until=expected, quiet_s=2.0) - t, 2)
+        step.left = max(0, expected - system.progress())
+        self.say(f"      backlog {step.backlog}: {step.drain_s:.1f} s, {step.left} not through")
 
     def ramp(self, system: System, load: Load, result: Result) -> None:
         p = self.p
@@ -220,7 +236,6 @@ class Bench:
         for _ in range(p.max_steps):
             step = self._deliver(system, load, rate, max(int(rate * p.step_s), 1))
             expected += step.sent
-            result.steps.append(asdict(step))
             limited = step.achieved < 0.95 * rate
             self.say(
                 f"    {rate:9.0f}/s -> sent at {step.achieved:9.0f}/s, delivered "
@@ -231,7 +246,8 @@ class Bench:
                 lo = step
             if not step.ok:
                 hi = rate
-                self._settle(system, until=expected, quiet_s=2.0)
+                self._drain(system, step, expected)
+            result.steps.append(asdict(step))
             if limited:
                 result.notes.append(f"sender fell behind at {rate:.0f}/s ({step.achieved:.0f}/s)")
             if hi is None:
@@ -246,6 +262,15 @@ class Bench:
         if lo is not None:
             result.readings_per_s = round(lo.achieved)
             result.cpu_pct_at_max = round(lo.cpu_pct, 1)
+        drains = [s for s in result.steps if s["backlog"]]
+        if drains:
+            worst = max(drains, key=lambda s: s["backlog"])
+            through = worst["backlog"] - worst["left"]
+            result.notes.append(
+                f"backlog drain: {worst['backlog']} readings behind after the "
+                f"{worst['rate']:.0f}/s step; {through} through in {worst['drain_s']:.1f} s "
+                f"({through / max(worst['drain_s'], 1e-9):.0f}/s), {worst['left']} never"
+            )
         # What comes next (latency at a fixed rate) must not queue behind the ramp's backlog.
         self._settle(system, until=expected, quiet_s=2.0, timeout=60.0)
 
