@@ -33,7 +33,8 @@ from gateway.pipeline.metering import Meters
 from gateway.pipeline.steps import compile_steps
 from gateway.presence import Presence
 from gateway.router import Router, Target
-from gateway.sinks.forwarder import Forwarder
+from gateway.sinks.forwarder import Forwarder, Outbox
+from gateway.sinks.memory_outbox import MemoryOutbox
 from gateway.sinks.mqtt import MqttPublisher, MqttSinkConfig
 from gateway.sinks.payloads import MessageIds
 from gateway.sinks.resilience import Backoff, BreakerState
@@ -129,6 +130,8 @@ class Gateway:
         self.meters = Meters()
         self.sources: dict[str, Source] = {}
         self.forwarders: dict[str, Forwarder] = {}
+        self.memory_outboxes: dict[str, MemoryOutbox] = {}
+        """Sinks with ``outbox: memory``."""
         self.pipelines: dict[str, Pipeline] = {}
         self.reloads = 0
         self.live = LiveFeed() if self.config.web.enabled else None
@@ -163,11 +166,31 @@ class Gateway:
             return MqttSource(src, config.gateway.id)
         return SerialSource(src)
 
-    def _forwarder(self, sink: MqttSinkConfig) -> Forwarder:
+    async def _outbox(self, sink: MqttSinkConfig) -> Outbox:
+        """The store, or the sink's memory outbox (made, or kept from before a reload)."""
+        memory = self.memory_outboxes.get(sink.id)
+        if sink.outbox == "sqlite":
+            if memory is not None:  # was memory before a reload: what is left goes to SQLite
+                await self._close_memory(sink.id)
+            return self.store
+        if memory is not None and memory.max_rows == sink.memory_max_rows:
+            return memory
+        if memory is not None:
+            await self._close_memory(sink.id)
+        memory = MemoryOutbox(sink.id, self.store, self.counters, sink.memory_max_rows)
+        self.memory_outboxes[sink.id] = memory
+        await memory.open()
+        return memory
+
+    async def _close_memory(self, sink_id: str) -> None:
+        if (memory := self.memory_outboxes.pop(sink_id, None)) is not None:
+            await memory.close()
+
+    def _forwarder(self, sink: MqttSinkConfig, outbox: Outbox) -> Forwarder:
         client_id = sink.broker.client_id or f"{self.config.gateway.id}-{sink.id}"
         return Forwarder(
             sink.id,
-            self.store,
+            outbox,
             MqttPublisher(sink, client_id),
             self.counters,
             batch=sink.batch,
@@ -317,7 +340,7 @@ class Gateway:
             for s in self.config.sources:
                 self._start_source(self._source(self.config, s.id))
             for sink in self.config.sinks:
-                self._start_sink(self._forwarder(sink), sink)
+                self._start_sink(self._forwarder(sink, await self._outbox(sink)), sink)
             timeouts = {
                 s.id: s.silent_after for s in self.config.sources if s.silent_after is not None
             }
@@ -380,6 +403,8 @@ class Gateway:
             await self._stop_tasks(list(self._tasks))
             for f in self.forwarders.values():
                 await f.close()
+            for sink_id in list(self.memory_outboxes):  # undelivered rows wait in SQLite
+                await self._close_memory(sink_id)
             if server is not None:
                 await server.stop()
             depths = {sink: await self.store.outbox_depth(sink) for sink in self.forwarders}
@@ -494,8 +519,9 @@ class Gateway:
                 await f.close()
         for sink in new.sinks:
             if sink.id in changes.sinks:
-                self._start_sink(self._forwarder(sink), sink)
+                self._start_sink(self._forwarder(sink, await self._outbox(sink)), sink)
         for sink_id in (s for s in changes.sinks if s not in {k.id for k in new.sinks}):
+            await self._close_memory(sink_id)
             log.warning(
                 "reload: sink %s removed; %d messages stay in its outbox",
                 sink_id,

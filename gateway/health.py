@@ -33,6 +33,8 @@ class StoreView(Protocol):
 
     async def query(self, sql: str, params: tuple[object, ...] = ()) -> list[dict[str, object]]: ...
 
+    def memory_depths(self) -> dict[str, int]: ...
+
 
 @dataclass(frozen=True, slots=True)
 class SinkState:
@@ -123,6 +125,9 @@ class Monitor:
             "store", rows is not None and (verdict.store_pending == 0 or store_moves), now, verdict
         )
         depths = {str(r["sink"]): (int(str(r["n"])), r["oldest"]) for r in rows or ()}
+        for sink, n in self._store.memory_depths().items():  # sinks with ``outbox: memory``
+            committed_n, oldest = depths.get(sink, (0, None))
+            depths[sink] = (committed_n + n, oldest)
         wall = self._wall()
         for sink, (breaker, consecutive_failures) in self._breakers().items():
             depth, oldest = depths.get(sink, (0, None))

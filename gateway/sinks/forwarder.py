@@ -41,7 +41,7 @@ from typing import Protocol
 from gateway.counters import Counters
 from gateway.errors import SinkError
 from gateway.sinks.resilience import Backoff, BreakerState, CircuitBreaker
-from gateway.store.store import OutboxRow, Store
+from gateway.store.store import OutboxFeed, OutboxRow
 
 
 class Outcome(Enum):
@@ -61,6 +61,34 @@ UNCONFIRMED_REMEMBERED = 100_000
 """Sent-but-unacknowledged ids kept for counting retries (a bound, not a limit on sends)."""
 LIVE_MAX = 20_000
 """Rows a live sink may hold in memory before it falls back to reading SQLite."""
+
+
+class Outbox(Protocol):
+    """Where a sink's rows wait: the SQLite outbox (``Store``) or a ``MemoryOutbox``."""
+
+    outbox_epoch: int
+
+    def outbox_feed(self, sink: str, feed: OutboxFeed) -> Callable[[], None]: ...
+
+    def outbox_signal(self, sink: str) -> asyncio.Event: ...
+
+    def when_committed(self, callback: Callable[[], None]) -> None: ...
+
+    async def flush(self) -> None: ...
+
+    async def outbox_take(
+        self, sink: str, limit: int, acked: Sequence[int] = ()
+    ) -> list[OutboxRow]: ...
+
+    def outbox_settled(self, ids: Sequence[int]) -> None: ...
+
+    async def outbox_failed(self, ids: Sequence[int]) -> None: ...
+
+    async def outbox_dead_letter(
+        self, rows: Sequence[OutboxRow], sink: str, reason: str
+    ) -> None: ...
+
+    async def outbox_depth(self, sink: str | None = None) -> int: ...
 
 
 class Publisher(Protocol):
@@ -108,7 +136,7 @@ class Forwarder:
     def __init__(
         self,
         sink_id: str,
-        store: Store,
+        store: Outbox,
         publisher: Publisher,
         counters: Counters,
         *,
@@ -212,10 +240,12 @@ class Forwarder:
             if self._landed():
                 return []
             if not self._flight:
+                if self._settled_upto != self._settles:
+                    # idle once delivered rows are gone from the outbox too (soon committed,
+                    # or at once: a memory outbox forgets them when told)
+                    self._store.when_committed(functools.partial(self._settled, self._settles))
                 if self._settled_upto == self._settles:
                     self.idle.set()
-                else:  # idle once delivered rows are gone from the outbox too (soon committed)
-                    self._store.when_committed(functools.partial(self._settled, self._settles))
             self._waiting = True
             try:
                 await ready.wait()

@@ -71,6 +71,14 @@ class MqttSinkConfig(StrictModel):
     drain_rate: float | None = Field(
         None, gt=0, description="messages per second at most (a backlog drains no faster)"
     )
+    outbox: Literal["sqlite", "memory"] = Field(
+        "sqlite",
+        description="sqlite: every message is committed before it is sent (survives a crash);"
+        " memory: kept in memory until acknowledged (faster; a crash loses what is unsent)",
+    )
+    memory_max_rows: int = Field(
+        100_000, ge=1, description="outbox: memory holds at most this many messages"
+    )
 
 
 class MqttPublisher:

@@ -63,7 +63,7 @@ from dataclasses import dataclass, field
 from functools import partial
 from operator import attrgetter
 from types import TracebackType
-from typing import Any, Self, TypeVar
+from typing import Any, Protocol, Self, TypeVar
 
 import orjson
 from sqlite_utils import Database
@@ -185,6 +185,15 @@ class WalStats:
 
 OutboxFeed = Callable[[list[OutboxRow]], None]
 """Told the rows each commit added for one sink, in id order."""
+
+
+class MemoryBuffer(Protocol):
+    """Where the rows of a sink with ``outbox: memory`` go instead of SQLite."""
+
+    @property
+    def depth(self) -> int: ...
+
+    def add(self, msg_id: str, topic: str, payload: bytes, qos: int, priority: int) -> None: ...
 
 
 @dataclass(slots=True)
@@ -310,6 +319,8 @@ class Store:
         self._ob_next_id = 1  # writer thread only: outbox ids are assigned here, in order
         self._var_limit = 999  # writer thread: SQLITE_LIMIT_VARIABLE_NUMBER, read at open
         self._feeds: dict[str, OutboxFeed] = {}
+        self._memory: dict[str, MemoryBuffer] = {}
+        """Sinks whose rows are kept in memory (``outbox: memory``), not in SQLite."""
         self.outbox_epoch = 0
         """Bumped whenever rows leave the outbox by policy (overflow, expiry), so a sink that
         holds rows handed to it knows its copy may be stale."""
@@ -403,7 +414,11 @@ class Store:
         qos: int,
         priority: int = PRIORITY_AGGREGATE,
     ) -> None:
-        """Queue one message for ``sink``; it commits with whatever was queued before it."""
+        """Queue one message for ``sink``; it commits with whatever was queued before it (or,
+        for a sink with a memory outbox, goes there)."""
+        if self._memory and (memory := self._memory.get(sink)) is not None:
+            memory.add(msg_id, topic, payload, qos, priority)
+            return
         self._outbox.append((sink, msg_id, topic, payload, qos, self._clock(), priority))
         self._queued(1)
         self._hurry()
@@ -421,6 +436,17 @@ class Store:
             self._added += 1
             if not self._wake.is_set() and len(self._settled) >= self.config.batch_max:
                 self._wake.set()
+
+    def buffer_in_memory(self, sink: str, buffer: MemoryBuffer | None) -> None:
+        """From now on send ``sink``'s new rows to ``buffer`` (None: to SQLite again)."""
+        if buffer is None:
+            self._memory.pop(sink, None)
+        else:
+            self._memory[sink] = buffer
+
+    def memory_depths(self) -> dict[str, int]:
+        """Rows waiting in each memory outbox."""
+        return {sink: buffer.depth for sink, buffer in self._memory.items()}
 
     def outbox_feed(self, sink: str, feed: OutboxFeed) -> Callable[[], None]:
         """After each commit, hand ``feed`` the rows it added for ``sink`` (replacing any
@@ -710,12 +736,14 @@ class Store:
             self._counters.inc(COMPONENT, "dead_letters", len(rows))
 
     async def outbox_depth(self, sink: str | None = None) -> int:
-        """Committed outbox rows, of one sink or of all."""
+        """Outbox rows, committed or in a memory outbox, of one sink or of all."""
         if sink is None:
             rows = await self.query("SELECT count(*) AS n FROM outbox")
+            memory = sum(self.memory_depths().values())
         else:
             rows = await self.query("SELECT count(*) AS n FROM outbox WHERE sink = ?", (sink,))
-        return int(rows[0]["n"])
+            memory = self._memory[sink].depth if sink in self._memory else 0
+        return int(rows[0]["n"]) + memory
 
     async def query(self, sql: str, params: Sequence[Any] = ()) -> list[dict[str, Any]]:
         """Run a read-only query on the writer thread; rows as dicts."""

@@ -1,0 +1,152 @@
+"""A sink with ``outbox: memory``: the same forwarder, rows kept in memory instead of SQLite.
+Same order (priority, then id) and retries; nothing touches the SQLite outbox while the
+process runs; a stop writes what is left to SQLite and the next start takes it back."""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+import pytest
+
+from gateway.counters import Counters
+from gateway.sinks.forwarder import Forwarder
+from gateway.sinks.memory_outbox import MemoryOutbox
+from gateway.sinks.resilience import Backoff
+from gateway.store.config import StoreConfig
+from gateway.store.store import PRIORITY_ALERT, PRIORITY_READING, Store
+from tests.unit.test_forwarder_live import Upstream, running
+
+
+@pytest.fixture
+async def store(tmp_path: Path) -> AsyncIterator[Store]:
+    async with Store(StoreConfig(path=tmp_path / "gw.db"), Counters()) as s:
+        yield s
+
+
+@contextlib.asynccontextmanager
+async def forwarding(
+    outbox: MemoryOutbox, upstream: Upstream, counters: Counters
+) -> AsyncIterator[Forwarder]:
+    forwarder = Forwarder(
+        "up",
+        outbox,
+        upstream,
+        counters,
+        batch=10,
+        backoff=Backoff(0.01, 0.02),
+        breaker_failures=100,
+        breaker_cooldown=0.01,
+    )
+    async with running(forwarder):
+        yield forwarder
+
+
+def add(store: Store, *ids: str, priority: int = PRIORITY_READING) -> None:
+    """What a router does: the store sends a memory sink's rows to its memory outbox."""
+    for msg_id in ids:
+        store.add_outbox("up", msg_id, "t", msg_id.encode(), 1, priority)
+
+
+async def sqlite_outbox(store: Store) -> list[str]:
+    return [r["msg_id"] for r in await store.query("SELECT msg_id FROM outbox ORDER BY id")]
+
+
+async def test_rows_go_out_alerts_first_without_touching_the_sqlite_outbox(store: Store) -> None:
+    counters, upstream = Counters(), Upstream()
+    memory = MemoryOutbox("up", store, counters, max_rows=1000)
+    await memory.open()
+    async with forwarding(memory, upstream, counters) as forwarder:
+        add(store, *(f"r{i}" for i in range(25)))
+        add(store, "a1", priority=PRIORITY_ALERT)  # same loop turn: the alert goes first
+        await upstream.wait_for(lambda sent: len(sent) == 26)
+        add(store, "r25")
+        assert await forwarder.drain(5)
+    assert upstream.sent[0] == "a1"
+    assert upstream.sent[1:] == [f"r{i}" for i in range(26)]
+    assert memory.depth == 0
+    assert store.pending == 0  # nothing was queued for SQLite
+    assert await sqlite_outbox(store) == []
+    assert counters.get("up", "acked") == 27
+
+
+async def test_unacknowledged_rounds_are_sent_again_and_nothing_is_lost(store: Store) -> None:
+    counters, upstream = Counters(), Upstream()
+    memory = MemoryOutbox("up", store, counters, max_rows=1000)
+    await memory.open()
+    upstream.fail_batches = 2  # two rounds lost with their connection
+    async with forwarding(memory, upstream, counters) as forwarder:
+        add(store, *(f"r{i}" for i in range(30)))
+        assert await forwarder.drain(5)
+    # later rounds in flight were acknowledged meanwhile (pipelining): every row arrives
+    assert set(upstream.sent) == {f"r{i}" for i in range(30)}
+    assert memory.depth == 0
+    assert counters.get("up", "retries") >= 1
+
+
+async def test_over_max_rows_the_oldest_readings_are_dropped_and_alerts_kept(
+    store: Store,
+) -> None:
+    counters = Counters()
+    memory = MemoryOutbox("up", store, counters, max_rows=10)
+    await memory.open()
+    add(store, "a1", priority=PRIORITY_ALERT)
+    add(store, *(f"r{i}" for i in range(12)))
+    rows = await memory.outbox_take("up", 100)
+    # each time it passes 10 rows, the excess and a tenth of the limit go: 2 rows, twice
+    assert [r.msg_id for r in rows] == ["a1"] + [f"r{i}" for i in range(4, 12)]
+    assert counters.get("up", "memory_dropped") == 4
+    assert memory.outbox_epoch == 2  # a forwarder holding handed-over rows reads again
+
+
+async def test_a_stop_writes_what_is_left_to_sqlite_and_the_next_start_sends_it_first(
+    store: Store,
+) -> None:
+    counters = Counters()
+    memory = MemoryOutbox("up", store, counters, max_rows=1000)
+    await memory.open()
+    add(store, "r0", "r1")
+    add(store, "a0", priority=PRIORITY_ALERT)
+    assert await memory.close() == 3
+    assert sorted(await sqlite_outbox(store)) == ["a0", "r0", "r1"]
+    add(store, "r2")  # closed: the sink's rows go to SQLite again
+    await store.flush()
+
+    upstream = Upstream()
+    again = MemoryOutbox("up", store, counters, max_rows=1000)
+    assert await again.open() == 4
+    assert await sqlite_outbox(store) == []
+    async with forwarding(again, upstream, counters) as forwarder:
+        add(store, "r3")
+        assert await forwarder.drain(5)
+    assert upstream.sent == ["a0", "r0", "r1", "r2", "r3"]
+
+
+async def test_a_memory_outbox_takes_no_more_than_max_rows_from_sqlite(store: Store) -> None:
+    for i in range(7):
+        store.add_outbox("up", f"r{i}", "t", b"x", 1, PRIORITY_READING)
+    await store.flush()
+    memory = MemoryOutbox("up", store, Counters(), max_rows=5)
+    assert await memory.open() == 5
+    assert await sqlite_outbox(store) == ["r5", "r6"]
+    assert await store.outbox_depth("up") == 7  # both places count
+
+
+async def test_undeliverable_rows_become_dead_letters_in_the_store(store: Store) -> None:
+    memory = MemoryOutbox("up", store, Counters(), max_rows=100)
+    await memory.open()
+    add(store, "big")
+    rows = await memory.outbox_take("up", 10)
+    await memory.outbox_dead_letter(rows, "up", "too_large")
+    await store.flush()
+    assert memory.depth == 0
+    dead = await store.query("SELECT source, reason, detail, raw FROM dead_letters")
+    assert dead == [
+        {
+            "source": "up",
+            "reason": "too_large",
+            "detail": "big on t after 0 attempts",
+            "raw": b"big",
+        }
+    ]
