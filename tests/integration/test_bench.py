@@ -44,6 +44,8 @@ def test_quick_bench_measures_every_scenario_and_writes_json(tmp_path: Path) -> 
         "ceiling: paho forward q1",
         "gateway: forward q0",
         "gateway: forward q1",
+        "gateway: forward q0, memory outbox",
+        "gateway: forward q1, memory outbox",
         "gateway: full, sync normal",
         "gateway: full, sync FULL",
         "gateway: serial pty",
@@ -53,7 +55,8 @@ def test_quick_bench_measures_every_scenario_and_writes_json(tmp_path: Path) -> 
         assert by_name[name]["rss_mb"] > 0, by_name[name]
     for name in measured[3:]:
         assert by_name[name]["ratio_to_ceiling"] > 0, by_name[name]
-    for name in ("gateway: forward q0", "gateway: forward q1", "ceiling: paho forward q0"):
+    forwarded = ("gateway: forward q0", "gateway: forward q1", "ceiling: paho forward q0")
+    for name in (*forwarded, "gateway: forward q0, memory outbox"):
         assert 0 < by_name[name]["p50_ms"] <= by_name[name]["p99_ms"], by_name[name]
     full = by_name["gateway: full, sync normal"]
     assert full["rss_10k_devices_mb"] > 0
