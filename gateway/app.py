@@ -171,20 +171,20 @@ class Gateway:
         memory = self.memory_outboxes.get(sink.id)
         if sink.outbox == "sqlite":
             if memory is not None:  # was memory before a reload: what is left goes to SQLite
-                await self._close_memory(sink.id)
+                self._close_memory(sink.id)
             return self.store
         if memory is not None and memory.max_rows == sink.memory_max_rows:
             return memory
         if memory is not None:
-            await self._close_memory(sink.id)
+            self._close_memory(sink.id)
         memory = MemoryOutbox(sink.id, self.store, self.counters, sink.memory_max_rows)
         self.memory_outboxes[sink.id] = memory
         await memory.open()
         return memory
 
-    async def _close_memory(self, sink_id: str) -> None:
+    def _close_memory(self, sink_id: str) -> None:
         if (memory := self.memory_outboxes.pop(sink_id, None)) is not None:
-            await memory.close()
+            memory.close()
 
     def _forwarder(self, sink: MqttSinkConfig, outbox: Outbox) -> Forwarder:
         client_id = sink.broker.client_id or f"{self.config.gateway.id}-{sink.id}"
@@ -404,7 +404,7 @@ class Gateway:
             for f in self.forwarders.values():
                 await f.close()
             for sink_id in list(self.memory_outboxes):  # undelivered rows wait in SQLite
-                await self._close_memory(sink_id)
+                self._close_memory(sink_id)
             if server is not None:
                 await server.stop()
             depths = {sink: await self.store.outbox_depth(sink) for sink in self.forwarders}
@@ -521,7 +521,7 @@ class Gateway:
             if sink.id in changes.sinks:
                 self._start_sink(self._forwarder(sink, await self._outbox(sink)), sink)
         for sink_id in (s for s in changes.sinks if s not in {k.id for k in new.sinks}):
-            await self._close_memory(sink_id)
+            self._close_memory(sink_id)
             log.warning(
                 "reload: sink %s removed; %d messages stay in its outbox",
                 sink_id,

@@ -5,8 +5,8 @@ two SQLite writes per message and a wait for the group commit. A sink configured
 ``outbox: memory`` trades that for speed: its rows are queued here, handed to the forwarder
 on the next loop turn, and forgotten once acknowledged. An uplink outage still loses nothing
 while the process lives (rows wait here, bounded by ``max_rows``, and are retried with the
-same backoff and breaker), and a graceful stop or reload writes what is left to the SQLite
-outbox (``spill``), which the next memory outbox of that sink takes back (``adopt``). A crash
+same backoff and breaker), and a graceful stop or reload moves what is left to the SQLite
+outbox (``close``), and the next memory outbox of that sink takes it back (``open``). A crash
 or a power cut loses what was not acknowledged yet.
 
 It speaks the outbox interface the ``Forwarder`` uses (the ``Store``'s ``outbox_*`` calls),
@@ -219,9 +219,9 @@ class MemoryOutbox:
                 )
         return moved
 
-    async def close(self) -> int:
-        """Send this sink's new rows to SQLite again, write every row left there too and
-        commit; returns how many were left."""
+    def close(self) -> int:
+        """Send this sink's new rows to SQLite again, and queue every row left there too
+        (the store commits them with its next batch, or as it closes); returns how many."""
         self._store.buffer_in_memory(self.sink, None)
         rows = sorted((r for lane in self._lanes for r in lane.values()), key=lambda r: r.id)
         for r in rows:
@@ -231,8 +231,7 @@ class MemoryOutbox:
         self._size = 0
         self._new = []
         if rows:
-            await self._store.flush()
             log.info(
-                "sink %s: %d undelivered rows written to the SQLite outbox", self.sink, len(rows)
+                "sink %s: %d undelivered rows moved to the SQLite outbox", self.sink, len(rows)
             )
         return len(rows)

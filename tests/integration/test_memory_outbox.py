@@ -40,7 +40,7 @@ def test_a_memory_outbox_loses_nothing_across_an_outage_and_a_restart(
         assert gw.count("outbox") == 0  # none of them in SQLite while the gateway runs
         assert gw.stop() == 0  # a graceful stop: what was not sent goes to SQLite
         assert gw.count("outbox") == 300
-        assert "300 undelivered rows written to the SQLite outbox" in gw.log()
+        assert "300 undelivered rows moved to the SQLite outbox" in gw.log()
 
         upstream_broker.start()
         gw = GatewayProcess(tmp_path, config)

@@ -108,7 +108,8 @@ async def test_a_stop_writes_what_is_left_to_sqlite_and_the_next_start_sends_it_
     await memory.open()
     add(store, "r0", "r1")
     add(store, "a0", priority=PRIORITY_ALERT)
-    assert await memory.close() == 3
+    assert memory.close() == 3
+    await store.flush()
     assert sorted(await sqlite_outbox(store)) == ["a0", "r0", "r1"]
     add(store, "r2")  # closed: the sink's rows go to SQLite again
     await store.flush()
