@@ -555,6 +555,7 @@ class Gateway:
             self.live,
             lambda: [s.id for s in self.config.sources],
             lambda: {k: f.breaker.state.value for k, f in self.forwarders.items()},
+            self.store.memory_depths,
         )
 
 

@@ -25,13 +25,15 @@ class Health:
         sources: Callable[[], Sequence[str]],
         breakers: Callable[[], Mapping[str, str]],
         clock: Callable[[], float],
+        memory: Callable[[], Mapping[str, int]] = dict,
     ) -> None:
         """``sources`` gives the running source ids, ``breakers`` each running sink's breaker
-        state; both are called at every snapshot."""
+        state, ``memory`` the rows in each memory outbox; all are called at every snapshot."""
         self._gateway = gateway
         self._counters = counters
         self._sources = sources
         self._breakers = breakers
+        self._memory = memory
         self._clock = clock
         self._started = clock()
         self._base: tuple[float, dict[tuple[str, str], int]] = (self._started, {})
@@ -42,6 +44,7 @@ class Health:
         """What the page's health panel shows; ``outbox`` is the depth per sink."""
         now = self._clock()
         counts = self._counters.snapshot()
+        memory = self._memory()
         then, before = self._base
         fresh = now - then >= RATE_WINDOW
         if fresh:
@@ -80,7 +83,7 @@ class Health:
             {
                 "id": sink,
                 "breaker": state,
-                "outbox": outbox.get(sink, 0),
+                "outbox": outbox.get(sink, 0) + memory.get(sink, 0),
                 "acked": counts.get((sink, "acked"), 0),
                 "rate": rate(sink, "acked"),
                 "failures": counts.get((sink, "failures"), 0),

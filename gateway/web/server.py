@@ -285,9 +285,11 @@ async def run_web(
     feed: LiveFeed,
     sources: Callable[[], Sequence[str]],
     breakers: Callable[[], Mapping[str, str]],
+    memory: Callable[[], Mapping[str, int]] = dict,
 ) -> None:
     """The gateway's web task: serve ``config.web`` until cancelled; ``sources`` and
-    ``breakers`` tell the running sources and sinks (they change on reload).
+    ``breakers`` tell the running sources and sinks (they change on reload), ``memory`` the
+    rows waiting in memory outboxes.
 
     A port that cannot be bound is logged as an error and the gateway runs on without its UI.
     """
@@ -297,6 +299,7 @@ async def run_web(
         sources,
         breakers,
         time.time,
+        memory,
     )
     store = ReadOnlyStore(config.store.path)
     try:

@@ -334,3 +334,13 @@ async def test_a_page_gets_at_most_updates_per_second_per_device(tmp_path: Path)
     assert set(updates) == {f"dev-{i}" for i in range(10)}
     assert max(updates.values()) <= rate * seconds + 1, updates
     assert tapped > 100 * max(updates.values())  # many more readings than updates
+
+
+def test_a_sinks_outbox_on_the_page_counts_its_memory_outbox_too() -> None:
+    memory = {"upstream": 7}
+    health = Health(
+        "gw-test", Counters(), lambda: [], lambda: {"upstream": "closed"}, Clock(), lambda: memory
+    )
+    assert health.snapshot({"upstream": 5})["sinks"][0]["outbox"] == 12
+    memory.clear()  # all acknowledged
+    assert health.snapshot({})["sinks"][0]["outbox"] == 0
