@@ -32,6 +32,11 @@ def status_line(counts: Mapping[tuple[str, str], int], outbox: Mapping[str, int]
         for (component, name), n in counts.items()
         if component == "store" and name in ("pending_dropped", "outbox_dropped", "outbox_expired")
     }
+    drops |= {  # memory outboxes (``outbox: memory``), per sink
+        f"{component} {name}": n
+        for (component, name), n in counts.items()
+        if name == "memory_dropped"
+    }
     if drops:
         parts.append(
             "dropped by policy: " + ", ".join(f"{k} {v}" for k, v in sorted(drops.items()))

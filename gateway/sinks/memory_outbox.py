@@ -12,7 +12,8 @@ or a power cut loses what was not acknowledged yet.
 It speaks the outbox interface the ``Forwarder`` uses (the ``Store``'s ``outbox_*`` calls),
 so the drain loop, its breaker, pipelining and poison handling are the same code for both.
 Over ``max_rows`` the oldest rows of the lowest priority (raw readings first, alerts last)
-are dropped, counted as ``memory_dropped`` on the sink, and ``outbox_epoch`` is bumped.
+are dropped, counted as ``memory_dropped`` on the sink (the first drop raises the gateway's
+overflow alert, as the SQLite outbox's does), and ``outbox_epoch`` is bumped.
 """
 
 from __future__ import annotations
@@ -104,11 +105,14 @@ class MemoryOutbox:
         self._counters.inc(self.sink, "memory_dropped", dropped)
         if first:
             log.error(
-                "sink %s: memory outbox over %d rows: %d dropped, oldest readings first",
+                "sink %s: memory outbox over %d rows: %d dropped, oldest readings first "
+                "(raising an alert)",
                 self.sink,
                 self.max_rows,
                 dropped,
             )
+            if self._store.on_first_drop is not None:  # as the SQLite outbox's first drop does
+                self._store.on_first_drop(f"{self.sink}.memory_dropped", dropped)
 
     # ------------------------------------------------------------------ the forwarder's side
 

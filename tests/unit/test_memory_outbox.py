@@ -14,6 +14,7 @@ from gateway.counters import Counters
 from gateway.sinks.forwarder import Forwarder
 from gateway.sinks.memory_outbox import MemoryOutbox
 from gateway.sinks.resilience import Backoff
+from gateway.status import status_line
 from gateway.store.config import StoreConfig
 from gateway.store.store import PRIORITY_ALERT, PRIORITY_READING, Store
 from tests.unit.test_forwarder_live import Upstream, running
@@ -89,6 +90,8 @@ async def test_over_max_rows_the_oldest_readings_are_dropped_and_alerts_kept(
     store: Store,
 ) -> None:
     counters = Counters()
+    raised: list[tuple[str, int]] = []
+    store.on_first_drop = lambda counter, n: raised.append((counter, n))
     memory = MemoryOutbox("up", store, counters, max_rows=10)
     await memory.open()
     add(store, "a1", priority=PRIORITY_ALERT)
@@ -98,6 +101,8 @@ async def test_over_max_rows_the_oldest_readings_are_dropped_and_alerts_kept(
     assert [r.msg_id for r in rows] == ["a1"] + [f"r{i}" for i in range(4, 12)]
     assert counters.get("up", "memory_dropped") == 4
     assert memory.outbox_epoch == 2  # a forwarder holding handed-over rows reads again
+    assert raised == [("up.memory_dropped", 2)]  # the first drop raises the overflow alert
+    assert "dropped by policy: up memory_dropped 4" in status_line(counters.snapshot(), {})
 
 
 async def test_a_stop_writes_what_is_left_to_sqlite_and_the_next_start_sends_it_first(
