@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 
 from gateway.counters import Counters
-from gateway.sinks.forwarder import Forwarder, Outcome
+from gateway.sinks.forwarder import Forwarder, Outbox, Outcome
 from gateway.sinks.resilience import Backoff
 from gateway.store.config import OutboxLimits, StoreConfig
 from gateway.store.store import PRIORITY_ALERT, PRIORITY_READING, OutboxRow, Store
@@ -88,12 +88,15 @@ async def running(forwarder: Forwarder) -> AsyncIterator[None]:
 
 
 @contextlib.asynccontextmanager
-async def forwarding(store: Store, upstream: Upstream, batch: int = 10) -> AsyncIterator[Forwarder]:
+async def forwarding(
+    store: Outbox, upstream: Upstream, batch: int = 10, counters: Counters | None = None
+) -> AsyncIterator[Forwarder]:
+    """A running forwarder of sink ``up`` (the SQLite outbox, or a memory outbox)."""
     forwarder = Forwarder(
         "up",
         store,
         upstream,
-        Counters(),
+        counters or Counters(),
         batch=batch,
         backoff=Backoff(0.01, 0.02),
         breaker_failures=100,

@@ -4,44 +4,23 @@ process runs; a stop writes what is left to SQLite and the next start takes it b
 
 from __future__ import annotations
 
-import contextlib
 from collections.abc import AsyncIterator
 from pathlib import Path
 
 import pytest
 
 from gateway.counters import Counters
-from gateway.sinks.forwarder import Forwarder
 from gateway.sinks.memory_outbox import MemoryOutbox
-from gateway.sinks.resilience import Backoff
 from gateway.status import status_line
 from gateway.store.config import StoreConfig
 from gateway.store.store import PRIORITY_ALERT, PRIORITY_READING, Store
-from tests.unit.test_forwarder_live import Upstream, running
+from tests.unit.test_forwarder_live import Upstream, forwarding
 
 
 @pytest.fixture
 async def store(tmp_path: Path) -> AsyncIterator[Store]:
     async with Store(StoreConfig(path=tmp_path / "gw.db"), Counters()) as s:
         yield s
-
-
-@contextlib.asynccontextmanager
-async def forwarding(
-    outbox: MemoryOutbox, upstream: Upstream, counters: Counters
-) -> AsyncIterator[Forwarder]:
-    forwarder = Forwarder(
-        "up",
-        outbox,
-        upstream,
-        counters,
-        batch=10,
-        backoff=Backoff(0.01, 0.02),
-        breaker_failures=100,
-        breaker_cooldown=0.01,
-    )
-    async with running(forwarder):
-        yield forwarder
 
 
 def add(store: Store, *ids: str, priority: int = PRIORITY_READING) -> None:
@@ -58,7 +37,7 @@ async def test_rows_go_out_alerts_first_without_touching_the_sqlite_outbox(store
     counters, upstream = Counters(), Upstream()
     memory = MemoryOutbox("up", store, counters, max_rows=1000)
     await memory.open()
-    async with forwarding(memory, upstream, counters) as forwarder:
+    async with forwarding(memory, upstream, counters=counters) as forwarder:
         add(store, *(f"r{i}" for i in range(25)))
         add(store, "a1", priority=PRIORITY_ALERT)  # same loop turn: the alert goes first
         await upstream.wait_for(lambda sent: len(sent) == 26)
@@ -77,7 +56,7 @@ async def test_unacknowledged_rounds_are_sent_again_and_nothing_is_lost(store: S
     memory = MemoryOutbox("up", store, counters, max_rows=1000)
     await memory.open()
     upstream.fail_batches = 2  # two rounds lost with their connection
-    async with forwarding(memory, upstream, counters) as forwarder:
+    async with forwarding(memory, upstream, counters=counters) as forwarder:
         add(store, *(f"r{i}" for i in range(30)))
         assert await forwarder.drain(5)
     # later rounds in flight were acknowledged meanwhile (pipelining): every row arrives
@@ -123,7 +102,7 @@ async def test_a_stop_writes_what_is_left_to_sqlite_and_the_next_start_sends_it_
     again = MemoryOutbox("up", store, counters, max_rows=1000)
     assert await again.open() == 4
     assert await sqlite_outbox(store) == []
-    async with forwarding(again, upstream, counters) as forwarder:
+    async with forwarding(again, upstream, counters=counters) as forwarder:
         add(store, "r3")
         assert await forwarder.drain(5)
     assert upstream.sent == ["a0", "r0", "r1", "r2", "r3"]
