@@ -91,13 +91,18 @@ def remembered(values: list[float], blocks: int, block: int) -> tuple[list[float
 @given(
     st.lists(st.floats(-1e3, 1e3, width=32), max_size=200),
     st.integers(1, 6),
-    st.integers(1, 8),
+    st.integers(1, 40),
     st.lists(st.tuples(st.floats(-1.1e3, 1.1e3), st.floats(0, 50)), min_size=1, max_size=20),
+    st.sampled_from(["d", "f"]),
 )
 def test_a_block_memory_answers_as_the_values_it_remembers_would(
-    values: list[float], blocks: int, block: int, queries: list[tuple[float, float]]
+    values: list[float],
+    blocks: int,
+    block: int,
+    queries: list[tuple[float, float]],
+    typecode: str,
 ) -> None:
-    memory = BlockMemory(blocks, block)
+    memory = BlockMemory(blocks, block, typecode)  # type: ignore[arg-type]
     for value in values:
         memory.add(value)
     pending, stepped = remembered(values, blocks, block)

@@ -23,3 +23,18 @@ def test_it_prints_the_bytes_per_device_metric(
     line = capsys.readouterr().out.splitlines()[0]
     assert line.startswith("50 devices x 3 readings, 1s apart:")
     assert re.search(r"[\d,]+ bytes per device\+metric", line)
+
+
+def test_a_window_tail_gives_about_the_same_bytes_per_device_metric(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    """The window pipeline's state is its latest readings' window: its last few will do."""
+    args = ["--devices", "100", "--readings", "40", "--interval", "300"]
+    per_key = []
+    for tail in ([], ["--window-tail", "10"]):
+        assert mem_per_key.main([*args, *tail]) == 0
+        found = re.search(r"([\d,]+) bytes per device\+metric", capsys.readouterr().out)
+        assert found is not None
+        per_key.append(int(found[1].replace(",", "")))
+    assert per_key[0] > 1_000  # the pipelines' state is held while it is measured
+    assert per_key[1] == pytest.approx(per_key[0], rel=0.1)
