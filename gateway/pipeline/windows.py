@@ -384,6 +384,8 @@ def event_window(
     spread = "stddev" in names
     close_after = size + lateness
     tumbling = slide_s == size
+    plain = not keep_samples and not spread
+    """Windows keep no samples and no running spread: ``Accumulator.add`` is inlined."""
     scheduler, counters, component = ctx.scheduler, ctx.counters, ctx.component
     pipeline, step = ctx.pipeline, ctx.step
     clock_now = timer_clock(scheduler)
@@ -499,8 +501,9 @@ def event_window(
                     emit(item)
                     return
                 try:
-                    device, metric, ts = item.device, item.metric, item.ts
-                    value = float(item.value)
+                    _source, device, metric, value, ts, _seq = item
+                    if type(value) is not float:
+                        value = float(value)
                     if not isfinite(ts):
                         counters.inc(component, "error")
                         return
@@ -527,7 +530,18 @@ def event_window(
                         if acc is None:
                             acc = clock.windows[start] = Accumulator(keep_samples, spread)
                             heappush(clock.starts, start)
-                        acc.add(value, rng)
+                        if plain:  # Accumulator.add without samples or spread, inlined
+                            count = acc.count = acc.count + 1
+                            acc.total += value
+                            if value < acc.minimum:
+                                acc.minimum = value
+                            if value > acc.maximum:
+                                acc.maximum = value
+                            if count == 1:
+                                acc.first = value
+                            acc.last = value
+                        else:
+                            acc.add(value, rng)
                     else:
                         added = False
                         flushed = clock.flushed

@@ -267,3 +267,17 @@ def test_source_feeds_only_the_pipelines_reading_from_it(tmp_path: Path) -> None
         lines, err, code = replay(*args)
         assert code == 0, err
         assert sorted(x["payload"]["pipeline"] for x in lines) == expected
+
+
+def test_a_pipeline_without_steps_forwards_every_reading_in_order(tmp_path: Path) -> None:
+    path = write_config(tmp_path / "g.yaml", [], ["readings"])
+    data = tmp_path / "x.jsonl"
+    docs = [
+        {"device": f"d{i % 3}", "metric": "t", "value": i / 2, "ts": 1.7e9 + i} for i in range(9)
+    ]
+    data.write_text("".join(json.dumps(d) + "\n" for d in docs))
+    lines, err, code = replay("-c", str(path), "--input", str(data))
+    assert code == 0, err
+    assert [(x["topic"], x["payload"]["value"]) for x in lines] == [
+        (f"site/edge-gateway/{d['device']}/t/reading", d["value"]) for d in docs
+    ]

@@ -490,3 +490,37 @@ def test_windows_close_by_the_deadline_of_each_key_s_newest_reading(
     )
     out = aggregates_at(emitted(scheduler.start(lambda: op(xs), disposed=100_000)))
     assert sorted(out) == expected_windows(arrivals, 10.0, 2.0)
+
+
+@settings(max_examples=100, deadline=None)
+@given(
+    st.lists(
+        st.tuples(
+            st.integers(min_value=0, max_value=60),
+            st.one_of(st.floats(allow_nan=False, allow_infinity=False), st.integers(-5, 5)),
+        ),
+        max_size=40,
+    )
+)
+def test_the_inlined_statistics_are_those_of_the_accumulator(
+    points: list[tuple[int, float]],
+) -> None:
+    """Without percentiles or stddev a tumbling window adds inline; the result is the same."""
+    basic = ("count", "sum", "mean", "min", "max", "first", "last")
+    outs = []
+    for names in (basic, (*basic, "stddev")):  # stddev: Accumulator.add
+        scheduler = TestScheduler()
+        op = windows.event_window(10.0, None, names, 2.0, None, step_context(scheduler))
+        xs = scheduler.create_hot_observable(
+            *[on_next(201 + i, reading(v, ts=float(ts))) for i, (ts, v) in enumerate(points)],
+            on_completed(300),
+        )
+        outs.append(
+            [
+                (r.start, r.count, {k: r.stats[k] for k in basic})
+                for _, r in emitted(scheduler.start(lambda op=op, xs=xs: op(xs)))
+                if isinstance(r, Aggregate)
+            ]
+        )
+    inline, added = outs
+    assert repr(inline) == repr(added)  # repr: NaN-free floats compared bit for bit
