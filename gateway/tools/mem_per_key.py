@@ -81,7 +81,7 @@ def build(cfg: Config, start: float, out: IO[bytes]) -> list[Callable[[Reading],
         feed = Feed()
         router = Router(cfg.gateway.id, p.id, outputs, [target], ids, p.forward)
         feed.pipe(compile_steps(p.id, p.steps, scheduler, counters)).subscribe(router)
-        pushes.extend(o.on_next for o in feed.observers)
+        pushes.extend(feed.pushes)
     return pushes
 
 
