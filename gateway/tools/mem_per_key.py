@@ -93,7 +93,7 @@ def build(cfg: Config, start: float, out: IO[bytes]) -> dict[str, list[Callable[
         feed = Feed()
         router = Router(cfg.gateway.id, p.id, outputs, [target], ids, p.forward)
         feed.pipe(compile_steps(p.id, p.steps, scheduler, counters)).subscribe(router)
-        pushes[p.id] = [o.on_next for o in feed.observers]
+        pushes[p.id] = list(feed.pushes)
     return pushes
 
 
