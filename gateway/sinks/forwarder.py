@@ -1,16 +1,21 @@
 """The drain loop of one sink: outbox batch -> breaker -> publish -> ack or keep and back off.
 
-The SQLite outbox is the source of truth: a row leaves it only after the broker acknowledged
-it with a success reason code, so an outage or a crash loses nothing; resent rows keep their
-message id.
+The outbox is the source of truth: a row leaves it only after the broker acknowledged it
+with a success reason code, so an outage loses nothing; resent rows keep their message id.
+A row is in the outbox from the moment it is added: the store commits it with its next group
+commit unless it was acknowledged before, in which case it is never written (a caught-up sink
+at QoS 0, or with a fast PUBACK, costs SQLite nothing). A crash loses only rows neither
+committed nor acknowledged: the ones added within the last group commit interval, as for the
+readings they come from.
 
 Two ways to get rows, same order (priority, then id). Catching up (at start, after any
-failure, behind a backlog) the sink reads the oldest rows from SQLite and waits for their
-deletion. Once a read finds fewer rows than a batch, the sink is caught up and goes live: the
-store hands it the rows of each commit right after the commit, and delivered rows are deleted
-with the store's next commit, so the steady state costs no query and no wait on the writer
-thread. Any failure, a live queue longer than ``LIVE_MAX`` rows, or rows dropped by the outbox
-policy (``Store.outbox_epoch``) sends the sink back to catching up.
+failure, behind a backlog) the sink reads the oldest rows (``outbox_take``: those committed
+and those waiting for a commit) and has the delivered ones deleted by its next read. Once a
+read finds fewer rows than a batch, the sink is caught up and goes live: the store hands it
+each row it adds on the next loop turn (``outbox_feed``), and delivered rows are forgotten,
+or deleted with the store's next commit, so the steady state costs no query and no wait on
+the writer thread. Any failure, a live queue longer than ``LIVE_MAX`` rows, or rows dropped
+by the outbox policy (``Store.outbox_epoch``) sends the sink back to catching up.
 
 Rounds are pipelined: a sink keeps publishing new batches while earlier ones wait for their
 PUBACKs, up to ``window`` rows in flight (the broker's receive window is the real bound; the
@@ -67,6 +72,9 @@ class Outbox(Protocol):
     """Where a sink's rows wait: the SQLite outbox (``Store``) or a ``MemoryOutbox``."""
 
     outbox_epoch: int
+
+    @property
+    def outbox_last_id(self) -> int: ...
 
     def outbox_feed(self, sink: str, feed: OutboxFeed) -> Callable[[], None]: ...
 
@@ -261,7 +269,8 @@ class Forwarder:
             self._settled_upto = max(self._settled_upto, settles)
         self._catch_up()
         self._spilled = False
-        self._last_id = 0
+        # the read returns rows up to here; the feed hands over the newer ones
+        self._last_id = self._store.outbox_last_id
         self._epoch = self._store.outbox_epoch
         acked, self._acked = self._acked, []
         flying = self._flying_ids  # only this task changes it: stable during the read
@@ -278,10 +287,7 @@ class Forwarder:
             and not self._spilled
             and self._epoch == self._store.outbox_epoch
         ):
-            self._live = True
-            taken = max((r.id for r in got), default=0)
-            self._drop_queued(taken)
-            self._last_id = max(self._last_id, taken)
+            self._live = True  # what was fed meanwhile is newer than what was read
             return rows
         self._catch_up()
         return rows[: self._batch]
@@ -291,14 +297,6 @@ class Forwarder:
         self._settled_upto = max(self._settled_upto, settles)
         if self._waiting and self._settled_upto == self._settles and not self._flight:
             self.idle.set()
-
-    def _drop_queued(self, upto: int) -> None:
-        """Forget queued rows up to id ``upto``: the read that made us live returned them."""
-        for lane in self._lanes:
-            kept = [r for r in lane if r.id > upto]
-            self._queued -= len(lane) - len(kept)
-            lane.clear()
-            lane.extend(kept)
 
     def _too_large(self, row: OutboxRow) -> bool:
         limit = self._max_bytes

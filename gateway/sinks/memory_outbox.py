@@ -116,6 +116,11 @@ class MemoryOutbox:
 
     # ------------------------------------------------------------------ the forwarder's side
 
+    @property
+    def outbox_last_id(self) -> int:
+        """The id of the newest row added: ``outbox_take`` returns rows up to it."""
+        return self._next_id - 1
+
     def outbox_feed(self, sink: str, feed: OutboxFeed) -> Callable[[], None]:
         """Hand ``feed`` the rows added, once a loop turn; returns what stops it."""
         self._feed = feed

@@ -3,7 +3,9 @@
 Every SQLite call runs on one dedicated writer thread, which owns the connection; the event
 loop only appends to in-memory pending lists (O(1) per item) and awaits the thread. The
 flusher (``run``) commits everything pending as ONE transaction, so an aggregate and the
-outbox row that forwards it become durable together or not at all. Aggregates and alerts
+outbox row that forwards it become durable together or not at all, unless the row was
+delivered before (outbox rows are handed to their sink's forwarder as they are added, on the
+next loop turn, and a row acknowledged before its commit is never written). Aggregates and alerts
 pending behind readings go first, with their outbox rows, in a transaction of their own
 (at most ``AHEAD_MAX`` in a row), so a burst of closing windows does not wait for the
 readings' inserts; the readings and their rows follow in the next one.
@@ -126,6 +128,7 @@ PRIORITY_ALERT, PRIORITY_AGGREGATE, PRIORITY_READING = 0, 1, 2
 """Outbox priorities: a sink sends the lowest first; overflow drops the highest first."""
 
 _reading_row = attrgetter("source", "device", "metric", "ts", "value", "seq")
+_row_order = attrgetter("priority", "id")
 
 # Errors that belong to one item, not to the database: retrying the batch cannot help.
 _ITEM_ERRORS: tuple[type[Exception], ...] = (
@@ -140,7 +143,8 @@ _ITEM_ERRORS: tuple[type[Exception], ...] = (
 )
 
 DeadLetterRow = tuple[str, float, str, str, bytes]
-OutboxInsert = tuple[str, str, str, bytes, int, float, int]
+_Pending = tuple[str, "OutboxRow", float]
+"""An outbox row added and not committed yet: its sink, the row, when it was added."""
 _Step = tuple[int, int | None]
 """One retention job's result: rows deleted, and where to go on (None: done)."""
 
@@ -205,7 +209,7 @@ class _Batch:
     aggregates: list[Aggregate] = field(default_factory=list)
     alerts: list[Alert] = field(default_factory=list)
     dead_letters: list[DeadLetterRow] = field(default_factory=list)
-    outbox: list[OutboxInsert] = field(default_factory=list)
+    outbox: dict[int, _Pending] = field(default_factory=dict)
     settled: list[int] = field(default_factory=list)
     """Outbox rows delivered: deleted in this transaction (not counted in ``size``)."""
 
@@ -228,10 +232,7 @@ class _Written:
     duplicates: int
     dead_letters: int
     rejected: int
-    outbox_sinks: frozenset[str]
     outbox_dropped: int = 0
-    outbox_rows: dict[str, list[OutboxRow]] = field(default_factory=dict)
-    """The rows added, per sink, in id order."""
 
 
 def _aggregate_row(a: Aggregate) -> tuple[Any, ...]:
@@ -286,8 +287,6 @@ class Store:
         self.config = config
         self._counters = counters
         self._clock = clock
-        self.outbox_ready = asyncio.Event()
-        """Set after a commit that added outbox rows (for any sink)."""
         self._sink_events: dict[str, asyncio.Event] = {}
         self._executor: ThreadPoolExecutor | None = None
         self._db: Database | None = None  # touched only on the writer thread
@@ -299,7 +298,12 @@ class Store:
         self._aggregates: list[Aggregate] = []
         self._alerts: list[Alert] = []
         self._dead_letters: list[DeadLetterRow] = []
-        self._outbox: list[OutboxInsert] = []
+        self._outbox: dict[int, _Pending] = {}
+        """Outbox rows added and not handed to the writer yet, by id (so in id order)."""
+        self._inflight_outbox: dict[int, _Pending] = {}
+        """...and those of the batch the writer is committing."""
+        self._handover: dict[str, list[OutboxRow]] = {}  # added since the last hand-over
+        self._handing_over = False
         self._settled: list[int] = []
         self._n_pending = 0
         self._added = 0  # sequence number of the last add
@@ -316,7 +320,7 @@ class Store:
         self._ob_rows = 0  # outbox totals, writer thread only
         self._taken: dict[str, frozenset[int]] = {}  # per sink, the rows in flight (writer thread)
         self._ob_bytes = 0
-        self._ob_next_id = 1  # writer thread only: outbox ids are assigned here, in order
+        self._ob_next_id = 1  # outbox ids, assigned as rows are added (read from the file at open)
         self._var_limit = 999  # writer thread: SQLITE_LIMIT_VARIABLE_NUMBER, read at open
         self._feeds: dict[str, OutboxFeed] = {}
         self._memory: dict[str, MemoryBuffer] = {}
@@ -414,14 +418,45 @@ class Store:
         qos: int,
         priority: int = PRIORITY_AGGREGATE,
     ) -> None:
-        """Queue one message for ``sink``; it commits with whatever was queued before it (or,
-        for a sink with a memory outbox, goes there)."""
+        """Queue one message for ``sink`` (or, for a sink with a memory outbox, send it there).
+
+        The sink's forwarder is handed the row on the next loop turn, before it is committed;
+        the row commits with whatever was queued before it unless it was acknowledged first
+        (``outbox_settled``). Aggregates and alerts ask for a commit within
+        ``eager_interval``; forwarded readings commit with the readings."""
         if self._memory and (memory := self._memory.get(sink)) is not None:
             memory.add(msg_id, topic, payload, qos, priority)
             return
-        self._outbox.append((sink, msg_id, topic, payload, qos, self._clock(), priority))
+        row_id = self._ob_next_id
+        self._ob_next_id = row_id + 1
+        row = OutboxRow(row_id, msg_id, topic, payload, qos, 0, priority)
+        self._outbox[row_id] = (sink, row, self._clock())
+        if sink in self._feeds or sink in self._sink_events:  # someone forwards this sink
+            if (new := self._handover.get(sink)) is None:
+                self._handover[sink] = [row]
+            else:
+                new.append(row)
+            if not self._handing_over:
+                self._handing_over = True
+                asyncio.get_running_loop().call_soon(self._hand_over)
         self._queued(1)
-        self._hurry()
+        if priority != PRIORITY_READING:
+            self._hurry()
+
+    @property
+    def outbox_last_id(self) -> int:
+        """The id of the newest row added: ``outbox_take`` returns rows up to it."""
+        return self._ob_next_id - 1
+
+    def _hand_over(self) -> None:
+        """The rows added since the last turn, to each sink's feed; then its signal."""
+        self._handing_over = False
+        handover, self._handover = self._handover, {}
+        for sink, rows in handover.items():
+            if (feed := self._feeds.get(sink)) is not None:
+                feed(rows)
+            if (event := self._sink_events.get(sink)) is not None:
+                event.set()
 
     def add_dead_letter(self, source: str, reason: str, detail: str, raw: bytes, ts: float) -> None:
         """Queue rejected input; ``raw`` is cut to ``DEAD_LETTER_RAW_MAX`` bytes."""
@@ -429,13 +464,31 @@ class Store:
         self._queued(1)
 
     def outbox_settled(self, ids: Sequence[int]) -> None:
-        """Delete delivered rows with the next commit, without waiting for it: a crash before
-        that commit sends them again (at least once, under the same message id)."""
-        if ids:
-            self._settled.extend(ids)
+        """Forget delivered rows: one not committed yet is never written; the others are
+        deleted with the next commit, without waiting for it (a crash before that commit
+        sends them again: at least once, under the same message id)."""
+        if later := self._forget_pending(ids):
+            self._settled.extend(later)
             self._added += 1
             if not self._wake.is_set() and len(self._settled) >= self.config.batch_max:
                 self._wake.set()
+
+    def _forget_pending(self, ids: Sequence[int]) -> list[int]:
+        """Drop the rows of ``ids`` that wait for a commit; returns the other ids."""
+        pending = self._outbox
+        if not pending:
+            return list(ids)
+        later: list[int] = []
+        for row_id in ids:
+            if pending.pop(row_id, None) is None:
+                later.append(row_id)
+        self._n_pending -= len(ids) - len(later)
+        return later
+
+    def _uncommitted(self, ids: Iterable[int]) -> bool:
+        """Is any of ``ids`` a row not committed yet (pending, or in the batch being written)?"""
+        pending, inflight = self._outbox, self._inflight_outbox
+        return (bool(pending) or bool(inflight)) and any(i in pending or i in inflight for i in ids)
 
     def buffer_in_memory(self, sink: str, buffer: MemoryBuffer | None) -> None:
         """From now on send ``sink``'s new rows to ``buffer`` (None: to SQLite again)."""
@@ -504,12 +557,15 @@ class Store:
                 del items[:k]
                 dropped += k
         if dropped < goal:
-            alerts = [r for r in self._outbox if r[6] == PRIORITY_ALERT]
-            others = [r for r in self._outbox if r[6] != PRIORITY_ALERT]
-            k = min(goal - dropped, len(others))
-            if k > 0:
-                self._outbox = alerts + others[k:]
-                dropped += k
+            others = [i for i, p in self._outbox.items() if p[1].priority != PRIORITY_ALERT]
+            shed = others[: goal - dropped]
+            for row_id in shed:
+                del self._outbox[row_id]
+            dropped += len(shed)
+            if shed:  # not handed to the forwarders: they are gone
+                gone = set(shed)
+                for rows in self._handover.values():
+                    rows[:] = [r for r in rows if r.id not in gone]
         if dropped:
             self._n_pending -= dropped
             self._dropped("pending_dropped", dropped)
@@ -596,11 +652,13 @@ class Store:
         of readings' inserts. Readings are committed next, so nothing is reordered within a
         kind; ``when_committed`` waiters wait for the readings' commit too."""
         await self._writer_free()
-        outbox = [row for row in self._outbox if row[6] != PRIORITY_READING]
+        outbox = {i: p for i, p in self._outbox.items() if p[1].priority != PRIORITY_READING}
         if len(outbox) < len(self._outbox):
-            self._outbox = [row for row in self._outbox if row[6] == PRIORITY_READING]
+            self._outbox = {
+                i: p for i, p in self._outbox.items() if p[1].priority == PRIORITY_READING
+            }
         else:
-            self._outbox = []
+            self._outbox = {}
         batch = _Batch(
             self._committed_upto,  # the readings added before are not committed yet
             [],
@@ -632,7 +690,7 @@ class Store:
             self._settled,
         )
         self._readings, self._aggregates, self._alerts = [], [], []
-        self._dead_letters, self._outbox, self._settled = [], [], []
+        self._dead_letters, self._outbox, self._settled = [], {}, []
         self._n_pending = 0
         await self._write(batch)
 
@@ -647,6 +705,7 @@ class Store:
         """Commit ``batch`` on the writer thread; on failure it goes back in front."""
         fut = self._submit(self._write_batch, batch)
         self._inflight = fut
+        self._inflight_outbox = batch.outbox
         self._inflight_since = time.perf_counter()
         # The callback does the bookkeeping even if the awaiting task is cancelled meanwhile.
         fut.add_done_callback(partial(self._on_written, batch))
@@ -656,6 +715,7 @@ class Store:
 
     def _on_written(self, batch: _Batch, fut: asyncio.Future[_Written]) -> None:
         self._inflight = None
+        self._inflight_outbox = {}
         if not fut.cancelled():  # one batch: queued behind reads, then one transaction
             self._counters.observe(
                 COMPONENT, "commit_seconds", time.perf_counter() - self._inflight_since
@@ -667,7 +727,8 @@ class Store:
             self._aggregates[:0] = batch.aggregates
             self._alerts[:0] = batch.alerts
             self._dead_letters[:0] = batch.dead_letters
-            self._outbox[:0] = batch.outbox
+            # rows acked meanwhile are in _settled: the retry inserts, then deletes them
+            self._outbox = {**batch.outbox, **self._outbox}
             self._settled[:0] = batch.settled
             self._n_pending += batch.size
             self._counters.inc(COMPONENT, "write_errors")
@@ -694,18 +755,13 @@ class Store:
         if written.rejected:
             c.inc(COMPONENT, "rejected", written.rejected)
             log.error("store: dropped %d items SQLite could not store", written.rejected)
-        if written.outbox_sinks:
-            self.outbox_ready.set()
-            for sink in written.outbox_sinks:
-                rows = written.outbox_rows.get(sink)
-                if rows and (feed := self._feeds.get(sink)) is not None:
-                    feed(rows)
-                if (event := self._sink_events.get(sink)) is not None:
-                    event.set()
+        if written.outbox_dropped:  # the forwarders' copies may be stale: let them look
+            for event in self._sink_events.values():
+                event.set()
 
     def outbox_signal(self, sink: str) -> asyncio.Event:
-        """An event set after a commit that added rows for ``sink`` only (the caller clears
-        it); unlike ``outbox_ready`` one forwarder clearing it cannot hide work from another."""
+        """An event set when rows were added for ``sink`` (on the next loop turn, with the
+        feed), or may have been dropped by the outbox policy; the caller clears it."""
         return self._sink_events.setdefault(sink, asyncio.Event())
 
     # ------------------------------------------------------------------ loop side: outbox, reads
@@ -713,37 +769,64 @@ class Store:
     async def outbox_take(
         self, sink: str, limit: int, acked: Sequence[int] = ()
     ) -> list[OutboxRow]:
-        """The oldest ``limit`` committed rows of ``sink``; they stay until acked. Rows in
-        ``acked`` (delivered) are deleted first, in the same trip to the writer thread."""
-        return await self._call(self._outbox_take, sink, limit, acked)
+        """The oldest ``limit`` rows of ``sink`` (by priority, then id) among those added
+        before the call (``outbox_last_id``), committed or not; they stay until acked. Rows in
+        ``acked`` (delivered) are forgotten first, in the same trip to the writer thread."""
+        upto = self._ob_next_id - 1
+        later = self._forget_pending(acked) if acked else []
+        # Not committed yet: pending, or in the batch being written (which commits, or goes
+        # back to pending, before the read below runs: one thread, in order).
+        gone = frozenset(later)
+        uncommitted = [
+            row
+            for pending in (self._inflight_outbox, self._outbox)
+            for s, row, _ in pending.values()
+            if s == sink and row.id not in gone
+        ]
+        rows = await self._call(self._outbox_take, sink, limit, later, upto)
+        if not uncommitted:
+            return rows
+        merged = {row.id: row for row in rows}  # a committed row's attempts count
+        for row in uncommitted:
+            merged.setdefault(row.id, row)
+        return sorted(merged.values(), key=_row_order)[:limit]
 
     async def outbox_ack(self, ids: Sequence[int]) -> None:
-        """Delete delivered rows."""
-        if ids:
-            await self._call(self._outbox_ack, ids)
+        """Delete delivered rows (those not committed yet are forgotten)."""
+        if ids and (later := self._forget_pending(ids)):
+            await self._call(self._outbox_ack, later)
 
     async def outbox_failed(self, ids: Sequence[int]) -> None:
         """Count one more failed delivery attempt on each row."""
         if ids:
+            if self._uncommitted(ids):  # rare: a failure before the row's commit
+                await self.flush()
             sql = "UPDATE outbox SET attempts = attempts + 1 WHERE id = ?"
             await self._call(self._outbox_update, sql, ids)
 
     async def outbox_dead_letter(self, rows: Sequence[OutboxRow], sink: str, reason: str) -> None:
         """Move undeliverable rows from the outbox to ``dead_letters`` in one transaction."""
         if rows:
+            if self._uncommitted(r.id for r in rows):
+                await self.flush()
             now = self._clock()
             await self._call(self._outbox_bury, rows, sink, reason, now)
             self._counters.inc(COMPONENT, "dead_letters", len(rows))
 
     async def outbox_depth(self, sink: str | None = None) -> int:
-        """Outbox rows, committed or in a memory outbox, of one sink or of all."""
+        """Outbox rows, committed, waiting for a commit or in a memory outbox, of one sink
+        or of all."""
+        # counted as the query is queued: a batch taken later commits after the query runs
         if sink is None:
-            rows = await self.query("SELECT count(*) AS n FROM outbox")
+            uncommitted = len(self._outbox)
+            query = self.query("SELECT count(*) AS n FROM outbox")
             memory = sum(self.memory_depths().values())
         else:
-            rows = await self.query("SELECT count(*) AS n FROM outbox WHERE sink = ?", (sink,))
+            uncommitted = sum(1 for s, _, _ in self._outbox.values() if s == sink)
+            query = self.query("SELECT count(*) AS n FROM outbox WHERE sink = ?", (sink,))
             memory = self._memory[sink].depth if sink in self._memory else 0
-        return int(rows[0]["n"]) + memory
+        rows = await query
+        return int(rows[0]["n"]) + uncommitted + memory
 
     async def query(self, sql: str, params: Sequence[Any] = ()) -> list[dict[str, Any]]:
         """Run a read-only query on the writer thread; rows as dicts."""
@@ -944,20 +1027,20 @@ class Store:
     def _write_batch(self, batch: _Batch) -> _Written:
         db = self._database()
         # restored when the transaction rolls back
-        totals = self._ob_rows, self._ob_bytes, self._ob_next_id
+        totals = self._ob_rows, self._ob_bytes
         try:
             with db.atomic():
                 return self._insert(db.conn, batch, isolate=False)
         except sqlite3.OperationalError:
-            self._ob_rows, self._ob_bytes, self._ob_next_id = totals
+            self._ob_rows, self._ob_bytes = totals
             raise
         except _ITEM_ERRORS:
-            self._ob_rows, self._ob_bytes, self._ob_next_id = totals
+            self._ob_rows, self._ob_bytes = totals
             try:
                 with db.atomic():
                     return self._insert(db.conn, batch, isolate=True)
             except BaseException:
-                self._ob_rows, self._ob_bytes, self._ob_next_id = totals
+                self._ob_rows, self._ob_bytes = totals
                 raise
 
     def _insert(self, conn: sqlite3.Connection, batch: _Batch, *, isolate: bool) -> _Written:
@@ -971,9 +1054,10 @@ class Store:
         rejected += bad
         dead_letters, bad = run(conn, _DEAD_LETTERS, _same_row, batch.dead_letters)
         rejected += bad
-        first_id = self._ob_next_id
-        numbered = [(first_id + i, *row) for i, row in enumerate(batch.outbox)]
-        self._ob_next_id += len(numbered)
+        numbered = [
+            (row.id, sink, row.msg_id, row.topic, row.payload, row.qos, created, row.priority)
+            for sink, row, created in batch.outbox.values()
+        ]
         if isolate:
             numbered = [row for row in numbered if _insert_each(conn, _OUTBOX, _same_row, [row])[0]]
             rejected += len(batch.outbox) - len(numbered)
@@ -986,24 +1070,17 @@ class Store:
             self._outbox_delete(batch.settled)
         outbox_dropped = self._enforce_outbox(conn)
         duplicates = len(batch.readings) - readings - bad_readings
-        by_sink: dict[str, list[OutboxRow]] = {}
-        if not outbox_dropped:  # rows dropped at once are not handed over (epoch bumps)
-            for row_id, sink, msg_id, topic, payload, qos, _, priority in numbered:
-                by_sink.setdefault(sink, []).append(
-                    OutboxRow(row_id, msg_id, topic, payload, qos, 0, priority)
-                )
-        sinks = frozenset(row[1] for row in numbered)
-        return _Written(
-            readings, duplicates, dead_letters, rejected, sinks, outbox_dropped, by_sink
-        )
+        return _Written(readings, duplicates, dead_letters, rejected, outbox_dropped)
 
-    def _outbox_take(self, sink: str, limit: int, acked: Sequence[int] = ()) -> list[OutboxRow]:
+    def _outbox_take(
+        self, sink: str, limit: int, acked: Sequence[int], upto: int
+    ) -> list[OutboxRow]:
         if acked:
             self._outbox_ack(acked)
         cursor = self._database().execute(
             "SELECT id, msg_id, topic, payload, qos, attempts, priority FROM outbox"
-            " WHERE sink = ? ORDER BY priority, id LIMIT ?",
-            (sink, limit),
+            " WHERE sink = ? AND id <= ? ORDER BY priority, id LIMIT ?",
+            (sink, upto, limit),
         )
         rows = [OutboxRow(*row) for row in cursor]
         self._taken[sink] = frozenset(r.id for r in rows)  # overflow spares rows in flight

@@ -1,12 +1,12 @@
 """The store's WAL and checkpointer under a sustained load, sampled over time.
 
-Drives the real ``Store`` (its flusher, checkpointer and retention) with readings at a fixed
-rate per phase, each also queued in the outbox and settled after its commit as a live sink
-does (``--take``: read and acked with ``outbox_take`` as a sink catching up does). An
-optional reader thread runs ``SELECT count(*) FROM readings`` on a connection of its own, as
-the bench's progress poll and the web UI do. Every ``--sample`` seconds it prints the WAL
-file's size, what the checkpointer saw (WAL frames, passes, busy passes, restarts), the
-latency from queueing a reading to its commit (p50/p99/max) and the outbox depth::
+Drives the real ``Store`` (its flusher, checkpointer and retention) with readings at a fixed rate
+per phase, each also queued in the outbox and settled after its commit as a live sink with slow
+acknowledgements does (``--take``: read and acked with ``outbox_take`` as a sink catching up does).
+An optional reader thread runs ``SELECT count(*) FROM readings`` on a connection of its own, as the
+bench's progress poll and the web UI do. Every ``--sample`` seconds it prints the WAL file's size,
+what the checkpointer saw (WAL frames, passes, busy passes, restarts), the latency from queueing a
+reading to its commit (p50/p99/max) and the outbox depth::
 
     python -m gateway.tools.wal_watch --phases 5000:20
     python -m gateway.tools.wal_watch --phases 5000:10,30000:10,5000:20 --reader-every 0.05
@@ -121,11 +121,12 @@ def committed(load: Load, queued: float) -> None:
 
 
 def live_sink(store: Store) -> None:
-    """Settle each commit's rows with the next commit, as a caught-up sink does."""
+    """Settle each row after its commit, as a live sink does whose acknowledgements come
+    later than the group commit (rows acknowledged before it are never written)."""
 
     def feed(rows: list[OutboxRow]) -> None:
         ids = [r.id for r in rows]
-        asyncio.get_running_loop().call_soon(store.outbox_settled, ids)
+        store.when_committed(partial(store.outbox_settled, ids))
 
     store.outbox_feed(SINK, feed)
 

@@ -15,7 +15,13 @@ from gateway.counters import Counters
 from gateway.sinks.forwarder import Forwarder, Outbox, Outcome
 from gateway.sinks.resilience import Backoff
 from gateway.store.config import OutboxLimits, StoreConfig
-from gateway.store.store import PRIORITY_ALERT, PRIORITY_READING, OutboxRow, Store
+from gateway.store.store import (
+    PRIORITY_AGGREGATE,
+    PRIORITY_ALERT,
+    PRIORITY_READING,
+    OutboxRow,
+    Store,
+)
 
 
 class Upstream:
@@ -28,6 +34,7 @@ class Upstream:
         self.fail_batches = 0
         self.hold: asyncio.Event | None = None
         self.holding = asyncio.Event()
+        self.held = 0  # rounds waiting on hold
         self.changed = asyncio.Event()
         self._connected = False
 
@@ -46,6 +53,7 @@ class Upstream:
 
     async def publish(self, rows: list[OutboxRow]) -> list[Outcome]:
         if self.hold is not None:
+            self.held += 1
             self.holding.set()
             await self.hold.wait()
             self.hold = None
@@ -156,20 +164,93 @@ async def test_a_backlog_bigger_than_a_batch_is_read_from_sqlite_then_live(
     assert upstream.sent == [f"old{i}" for i in range(25)] + ["new"]
 
 
+@contextlib.asynccontextmanager
+async def lazy_store(tmp_path: Path) -> AsyncIterator[Store]:
+    """A running store that commits forwarded readings only when asked (or by a waiter)."""
+    async with Store(StoreConfig(path=tmp_path / "gw.db", batch_interval=3600), Counters()) as s:
+        task = asyncio.create_task(s.run())
+        try:
+            yield s
+        finally:
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+
+
+async def ever_written(store: Store) -> int:
+    """The highest outbox id ever inserted (AUTOINCREMENT's mark), 0 if none ever was."""
+    rows = await store.query("SELECT seq FROM sqlite_sequence WHERE name = 'outbox'")
+    return int(rows[0]["seq"]) if rows else 0
+
+
+async def test_rows_acknowledged_before_their_commit_are_never_written(tmp_path: Path) -> None:
+    async with lazy_store(tmp_path) as store:
+        upstream = Upstream()
+        async with forwarding(store, upstream) as forwarder:
+            add(store, *(f"r{i}" for i in range(30)))
+            await upstream.wait_for(lambda sent: len(sent) == 30)
+            assert await forwarder.drain(5)
+            await store.flush()
+            assert await ever_written(store) == 0
+            # a row still waiting for its acknowledgement is committed with the next batch
+            upstream.hold = asyncio.Event()
+            add(store, "slow")
+            async with asyncio.timeout(10):
+                await upstream.holding.wait()
+            await store.flush()
+            assert await count_outbox(store) == 1
+            upstream.hold.set()
+            assert await forwarder.drain(5)
+        assert upstream.sent == [*(f"r{i}" for i in range(30)), "slow"]
+        assert await count_outbox(store) == 0
+
+
+async def count_outbox(store: Store) -> int:
+    return int((await store.query("SELECT count(*) AS n FROM outbox"))[0]["n"])
+
+
+async def test_a_read_returns_rows_committed_ahead_and_rows_waiting_for_a_commit(
+    tmp_path: Path,
+) -> None:
+    async with Store(StoreConfig(path=tmp_path / "gw.db"), Counters()) as store:  # no flusher
+        add(store, "r1")  # a forwarded reading: waits for the readings' commit
+        add(store, "a1", priority=PRIORITY_AGGREGATE)  # newer, committed ahead of it
+        await store._commit_ahead()  # what the flusher does when windows close
+        assert await count_outbox(store) == 1
+        upstream = Upstream()
+        async with forwarding(store, upstream) as forwarder:  # starts by reading
+            await upstream.wait_for(lambda sent: len(sent) == 2)
+            flusher = asyncio.create_task(store.run())
+            try:
+                add(store, "r2")  # live now
+                await upstream.wait_for(lambda sent: len(sent) == 3)
+                assert await forwarder.drain(5)
+            finally:
+                flusher.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await flusher
+        assert upstream.sent == ["a1", "r1", "r2"]
+        assert await count_outbox(store) == 0
+
+
 async def test_rows_the_overflow_policy_drops_while_live_are_not_sent(store: Store) -> None:
+    """Rows the policy drops while they wait in the forwarder's queue are not sent; rows it
+    drops that are already on their way (handed over before their commit) still arrive."""
     upstream = Upstream()
-    async with forwarding(store, upstream, batch=100) as forwarder:
+    async with forwarding(store, upstream, batch=1) as forwarder:  # window: 4 rows in flight
         add(store, "first")
         await upstream.wait_for(lambda sent: sent == ["first"])
         upstream.hold = asyncio.Event()
         add(store, "held")
+        add(store, *(f"r{i}" for i in range(60)))  # max_rows 50: the 11 oldest rows go
         async with asyncio.timeout(10):
-            await upstream.holding.wait()  # "held" is in flight; the next rows queue up
-        add(store, *(f"r{i}" for i in range(60)))  # max_rows 50: the 11 oldest rows go,
-        await store.flush()  # "held" among them, though it is on its way already
+            while upstream.held < 4:  # "held", r0, r1, r2 in flight; the others queue up
+                upstream.holding.clear()
+                await upstream.holding.wait()
+        await store.flush()  # drops "held" and r0-r9, though four are on their way already
         upstream.hold.set()
         assert await forwarder.drain(5)
-    assert upstream.sent == ["first", "held", *(f"r{i}" for i in range(10, 60))]
+    assert upstream.sent == ["first", "held", "r0", "r1", "r2", *(f"r{i}" for i in range(10, 60))]
 
 
 # ------------------------------------------------------------------ pipelined rounds

@@ -285,8 +285,10 @@ async def test_run_commits_in_the_background(make_store: Callable[..., Store]) -
     async with make_store(batch_interval=0.01) as store:
         task = asyncio.create_task(store.run(), name="store")
         store.add_outbox("up", "m1", "t", b"x", 1)
-        await asyncio.wait_for(store.outbox_ready.wait(), 5)
-        assert await store.outbox_depth("up") == 1
+        committed = asyncio.Event()
+        store.when_committed(committed.set)
+        await asyncio.wait_for(committed.wait(), 5)
+        assert await count(store, "outbox") == 1
         task.cancel()
         with pytest.raises(asyncio.CancelledError):
             await task
@@ -297,11 +299,12 @@ async def test_run_commits_as_soon_as_batch_max_is_pending(
 ) -> None:
     async with make_store(batch_interval=3600, batch_max=5) as store:
         task = asyncio.create_task(store.run(), name="store")
-        sink = store.outbox_signal("up")
         for i in range(5):
-            store.add_outbox("up", f"m{i}", "t", b"x", 1)
-        await asyncio.wait_for(sink.wait(), 5)  # long before batch_interval
-        assert await store.outbox_depth("up") == 5
+            store.add_outbox("up", f"m{i}", "t", b"x", 1, PRIORITY_READING)  # not eager
+        committed = asyncio.Event()
+        store.when_committed(committed.set)
+        await asyncio.wait_for(committed.wait(), 5)  # long before batch_interval
+        assert await count(store, "outbox") == 5
         task.cancel()
         with pytest.raises(asyncio.CancelledError):
             await task
@@ -327,10 +330,12 @@ async def test_the_flusher_survives_a_failing_batch(
         task = asyncio.create_task(store.run(), name="store")
         store.add_outbox("up", "m1", "t", b"x", 1)
         await counters.reach("write_errors")
+        committed = asyncio.Event()
+        store.when_committed(committed.set)
         outside(tmp_path, "DROP TRIGGER break_outbox")
-        await asyncio.wait_for(store.outbox_ready.wait(), 5)  # the retry went through
+        await asyncio.wait_for(committed.wait(), 5)  # the retry went through
         assert not task.done()
-        assert await store.outbox_depth("up") == 1
+        assert await count(store, "outbox") == 1
         task.cancel()
         with pytest.raises(asyncio.CancelledError):
             await task
@@ -637,7 +642,11 @@ class Transactions:
     def __call__(self, batch: Any) -> Any:
         self.told_before.append(self._told is not None and self._told.is_set())
         self.batches.append(
-            (len(batch.readings), len(batch.aggregates), [row[1] for row in batch.outbox])
+            (
+                len(batch.readings),
+                len(batch.aggregates),
+                [row.msg_id for _, row, _ in batch.outbox.values()],
+            )
         )
         if self.on_write is not None:
             self.on_write()
@@ -715,11 +724,12 @@ async def test_what_waits_for_a_commit_is_committed_within_eager_interval(
             store.when_committed(acked.set)  # e.g. an MQTT message to acknowledge
             async with asyncio.timeout(5):
                 await acked.wait()
-            store.add_outbox("up", "m1", "t", b"{}", 1)  # a row to forward
-            ready = store.outbox_signal("up")
+            store.add_outbox("up", "m1", "t", b"{}", 1)  # an aggregate to forward
+            acked.clear()
+            store.when_committed(acked.set)
             async with asyncio.timeout(5):
-                await ready.wait()
-            assert [r.msg_id for r in await store.outbox_take("up", 10)] == ["m1"]
+                await acked.wait()
+            assert await count(store, "outbox") == 1
         finally:
             flusher.cancel()
             with contextlib.suppress(asyncio.CancelledError):
