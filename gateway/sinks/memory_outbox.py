@@ -23,7 +23,6 @@ import logging
 import time
 from collections import OrderedDict
 from collections.abc import Callable, Sequence
-from dataclasses import replace
 
 from gateway.counters import Counters
 from gateway.store.store import DEAD_LETTER_RAW_MAX, PRIORITY_READING, OutboxFeed, OutboxRow, Store
@@ -171,7 +170,7 @@ class MemoryOutbox:
         for row_id in ids:
             for lane in self._lanes:
                 if (row := lane.get(row_id)) is not None:
-                    lane[row_id] = replace(row, attempts=row.attempts + 1)
+                    lane[row_id] = row._replace(attempts=row.attempts + 1)
                     break
 
     async def outbox_dead_letter(self, rows: Sequence[OutboxRow], sink: str, reason: str) -> None:

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import dataclasses
 import sqlite3
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -133,7 +132,7 @@ async def test_a_bad_row_in_a_chunk_is_dropped_alone(
         store._aggregates[150] = aggregate(150, {"x": object()})  # not JSON
         row_id = list(store._outbox)[200]
         sink, row, created = store._outbox[row_id]
-        bad = dataclasses.replace(row, payload=object())  # type: ignore[arg-type]
+        bad = row._replace(payload=object())  # type: ignore[arg-type]
         store._outbox[row_id] = (sink, bad, created)
         await store.flush()
         tables = await dump(store)
