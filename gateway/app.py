@@ -200,6 +200,8 @@ class Gateway:
             max_message_bytes=sink.max_message_bytes,
             max_attempts=sink.max_attempts,
             drain_rate=sink.drain_rate,
+            # the connection's window, not the forwarder's, bounds what is in flight
+            window=max(4 * sink.batch, sink.max_inflight),
         )
 
     def _pipeline(self, config: Config, p: PipelineConfig) -> Pipeline:

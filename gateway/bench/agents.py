@@ -170,7 +170,7 @@ def ceiling(args: argparse.Namespace) -> None:
     loads = orjson.loads
     qos = args.qos
     out = mqtt.Client(CallbackAPIVersion.VERSION2, client_id=f"ceiling-out-{os.getpid()}")
-    out.max_inflight_messages_set(100)
+    out.max_inflight_messages_set(1000)
     out.max_queued_messages_set(0)
     out.connect(args.up_host, args.up_port)
     out.loop_start()

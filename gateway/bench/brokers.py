@@ -40,7 +40,7 @@ class Broker:
             "allow_anonymous true\n"
             "persistence false\n"
             "max_queued_messages 1000000\n"
-            "max_inflight_messages 100\n"
+            "max_inflight_messages 1000\n"
             "log_dest stderr\n"
             "log_type error\n"
         )

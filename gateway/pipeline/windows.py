@@ -25,6 +25,7 @@ import random
 import re
 from collections import deque
 from collections.abc import Callable, Sequence
+from time import perf_counter
 from typing import Any
 
 from reactivex import Observable, abc
@@ -296,11 +297,13 @@ def window(
 
 
 NOTHING_FLUSHED: frozenset[float] = frozenset()
-EMIT_CHUNK = 100
-"""Windows the deadline timer emits in one turn of the scheduler. Many keys close at once
-(every device's window shares its end) and each aggregate costs the router and the store some
-25 µs: in chunks, readings go on being taken and the first aggregates are committed and sent
-while later ones are still being made."""
+EMIT_BUDGET_S = 0.005
+"""Processing time the deadline timer spends emitting closed windows in one turn of the
+scheduler. Many keys close at once (every device's window shares its end): in turns of a few
+ms, readings go on being taken and the first aggregates are sent while later ones are still
+being made, and no turn holds the loop longer than this (plus one ``EMIT_CHUNK``)."""
+EMIT_CHUNK = 50
+"""Windows emitted between two looks at the clock (a few hundred µs of work)."""
 DUE_TOLERANCE_S = 0.001
 """A key's closing deadline is moved earlier only when it moves by more than this: a window
 closes at most a millisecond after its deadline, and network jitter in each reading's arrival
@@ -412,7 +415,7 @@ def event_window(
             costs it one dict lookup, not a heap entry and a new timer each time."""
             timer = SerialDisposable()
             backlog: deque[tuple[str, str, float, Accumulator]] = deque()
-            """Windows closed by the timer, not emitted yet (released ``EMIT_CHUNK`` a turn)."""
+            """Windows closed by the timer, not emitted yet (released ``EMIT_BUDGET_S`` a turn)."""
             releasing = SerialDisposable()
             rng = random.Random(0)
             emit = observer.on_next
@@ -616,13 +619,18 @@ def event_window(
                         release()
 
             def release(_scheduler: abc.SchedulerBase | None = None, _state: Any = None) -> None:
-                """Emit up to ``EMIT_CHUNK`` closed windows; the rest on the scheduler's next
-                turn, so readings and the store's commits go on in between."""
-                n = min(len(backlog), EMIT_CHUNK)
-                if len(backlog) > n:  # first: a failing downstream must not strand the rest
-                    releasing.disposable = scheduler.schedule(release)
-                for _ in range(n):
-                    summarise(*backlog.popleft())
+                """Emit closed windows for ``EMIT_BUDGET_S``; the rest on the scheduler's next
+                turn, so readings and sends go on in between."""
+                until = perf_counter() + EMIT_BUDGET_S
+                try:
+                    while backlog:
+                        for _ in range(min(len(backlog), EMIT_CHUNK)):
+                            summarise(*backlog.popleft())
+                        if perf_counter() >= until:
+                            break
+                finally:  # also when downstream fails: it must not strand the rest
+                    if backlog:
+                        releasing.disposable = scheduler.schedule(release)
 
             def on_error(error: Exception) -> None:
                 timer.dispose()

@@ -67,7 +67,13 @@ class MqttSinkConfig(StrictModel):
     max_attempts: int = Field(
         10, ge=1, description="refused or unconfirmed sends of one message before it is dead"
     )
-    max_inflight: int = Field(100, ge=1, le=65535)
+    max_inflight: int = Field(
+        1000,
+        ge=1,
+        le=65535,
+        description="QoS 1/2 messages sent and not acknowledged yet, at most (lowered to the"
+        " broker's Receive Maximum)",
+    )
     drain_rate: float | None = Field(
         None, gt=0, description="messages per second at most (a backlog drains no faster)"
     )

@@ -422,8 +422,9 @@ class Store:
 
         The sink's forwarder is handed the row on the next loop turn, before it is committed;
         the row commits with whatever was queued before it unless it was acknowledged first
-        (``outbox_settled``). Aggregates and alerts ask for a commit within
-        ``eager_interval``; forwarded readings commit with the readings."""
+        (``outbox_settled``). Alerts ask for a commit within ``eager_interval``; aggregates
+        and forwarded readings commit with the readings (``batch_interval``): the sink does
+        not wait for the commit, and most of a burst is acknowledged before it."""
         if self._memory and (memory := self._memory.get(sink)) is not None:
             memory.add(msg_id, topic, payload, qos, priority)
             return
@@ -440,7 +441,7 @@ class Store:
                 self._handing_over = True
                 asyncio.get_running_loop().call_soon(self._hand_over)
         self._queued(1)
-        if priority != PRIORITY_READING:
+        if priority == PRIORITY_ALERT:
             self._hurry()
 
     @property

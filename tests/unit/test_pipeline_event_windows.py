@@ -265,10 +265,13 @@ def test_many_keys_closing_at_once_share_one_timer() -> None:
     assert scheduled == [11.0]  # nothing left open: no further timer
 
 
-def test_a_key_s_windows_come_out_in_order_while_the_timer_releases_a_burst() -> None:
-    """Three chunks of windows close at 212 and go out one chunk per scheduler turn; a
-    reading that arrives between two turns and carries its key past a second window does
-    not overtake the first one, still waiting in the burst."""
+def test_a_key_s_windows_come_out_in_order_while_the_timer_releases_a_burst(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Three chunks of windows close at 212 and go out one chunk per scheduler turn (no time
+    budget: one chunk per turn); a reading that arrives between two turns and carries its key
+    past a second window does not overtake the first one, still waiting in the burst."""
+    monkeypatch.setattr(windows, "EMIT_BUDGET_S", 0.0)
     scheduler = TestScheduler()
     op = windows.event_window(10.0, None, ("count",), 2.0, None, step_context(scheduler))
     source: Subject[Record] = Subject()
