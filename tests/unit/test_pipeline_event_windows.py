@@ -300,6 +300,40 @@ def test_a_key_s_windows_come_out_in_order_while_the_timer_releases_a_burst(
     assert out[-1] == (221.0, last, 220.0, 1)  # 212 + (230 + 2 - 223): the jump counts
 
 
+def test_a_burst_goes_out_in_turns_of_emit_budget_s_of_processing_time(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """The timer emits closed windows until ``EMIT_BUDGET_S`` of processing time is spent,
+    then yields the loop for a turn: readings are taken while a large burst comes out."""
+    ticks = iter(range(1_000_000))
+    monkeypatch.setattr(windows, "perf_counter", lambda: next(ticks) / 1000)  # 1 ms a look
+    monkeypatch.setattr(windows, "EMIT_BUDGET_S", 0.0025)  # 3 chunks a turn
+    scheduler = TestScheduler()
+    turns: list[int] = []
+    schedule = scheduler.schedule
+    observer = scheduler.create_observer()
+
+    def counting(action: object, state: object = None) -> object:
+        turns.append(len(observer.messages))
+        return schedule(action, state)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(scheduler, "schedule", counting)
+    op = windows.event_window(10.0, None, ("count",), 2.0, None, step_context(scheduler))
+    source: Subject[Record] = Subject()
+    op(source).subscribe(observer)
+    keys = [f"k{i:05d}" for i in range(7 * windows.EMIT_CHUNK)]  # 7 chunks: turns of 3, 3, 1
+
+    def push(*_: object) -> None:
+        for d in keys:
+            source.on_next(reading(1, 201.0, d))
+
+    scheduler.schedule_absolute(201, push)
+    scheduler.start()
+    out = aggregates_at(emitted(observer))
+    assert sorted(out) == [(212.0, d, 200.0, 1) for d in keys]
+    assert turns == [150, 300]  # emitted when each next turn was scheduled
+
+
 def test_keys_with_different_deadlines_each_close_on_their_own() -> None:
     scheduler = TestScheduler()
     op = windows.event_window(10.0, None, ("count",), 2.0, None, step_context(scheduler))
