@@ -35,6 +35,8 @@ class StoreView(Protocol):
 
     def memory_depths(self) -> dict[str, int]: ...
 
+    def memory_ages(self) -> dict[str, float]: ...
+
 
 @dataclass(frozen=True, slots=True)
 class SinkState:
@@ -125,10 +127,15 @@ class Monitor:
             "store", rows is not None and (verdict.store_pending == 0 or store_moves), now, verdict
         )
         depths = {str(r["sink"]): (int(str(r["n"])), r["oldest"]) for r in rows or ()}
+        wall = self._wall()
+        ages = self._store.memory_ages()
         for sink, n in self._store.memory_depths().items():  # sinks with ``outbox: memory``
             committed_n, oldest = depths.get(sink, (0, None))
+            if n:
+                waiting_since = wall - ages.get(sink, 0.0)
+                if oldest is None or waiting_since < float(str(oldest)):
+                    oldest = waiting_since
             depths[sink] = (committed_n + n, oldest)
-        wall = self._wall()
         for sink, (breaker, consecutive_failures) in self._breakers().items():
             depth, oldest = depths.get(sink, (0, None))
             age = max(0.0, wall - float(str(oldest))) if oldest is not None else 0.0

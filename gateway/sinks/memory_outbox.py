@@ -14,14 +14,21 @@ so the drain loop, its breaker, pipelining and poison handling are the same code
 Over ``max_rows`` the oldest rows of the lowest priority (raw readings first, alerts last)
 are dropped, counted as ``memory_dropped`` on the sink (the first drop raises the gateway's
 overflow alert, as the SQLite outbox's does), and ``outbox_epoch`` is bumped.
+
+``oldest_age`` is how long the oldest row has waited, as the SQLite outbox's ``created``
+column tells for its rows (health, ``/readyz``, the ``outbox_oldest_age_seconds`` metric). Rows
+carry no time of their own: the outbox notes ``(row id, monotonic time)`` when a row is added
+at least ``MARK_INTERVAL_S`` after the last note, so the age of the oldest row is known to
+within that interval (never younger than it is), at one clock read per row.
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
+import math
 import time
-from collections import OrderedDict
+from collections import OrderedDict, deque
 from collections.abc import Callable, Sequence
 
 from gateway.counters import Counters
@@ -31,6 +38,10 @@ log = logging.getLogger("gateway.sinks.memory_outbox")
 
 ADOPT_PAGE = 5_000
 """Rows moved from SQLite per trip to the writer thread when a memory outbox adopts them."""
+MARK_INTERVAL_S = 1.0
+"""At most one ``(row id, time)`` note per this interval: the resolution of ``oldest_age``."""
+MARKS_MAX = 4096
+"""Notes kept before those older than the oldest row are pruned (also done by ``oldest_age``)."""
 
 
 class MemoryOutbox:
@@ -43,12 +54,18 @@ class MemoryOutbox:
         counters: Counters,
         max_rows: int,
         clock: Callable[[], float] = time.time,
+        monotonic: Callable[[], float] = time.monotonic,
     ) -> None:
         self.sink = sink
         self._store = store
         self._counters = counters
         self.max_rows = max_rows
         self._clock = clock
+        self._monotonic = monotonic
+        self._marks: deque[tuple[int, float]] = deque()
+        """``(id, t)``: row ``id`` was added at monotonic time ``t``, and no row after it
+        before ``t``; one note per ``MARK_INTERVAL_S`` at most."""
+        self._marked_at = -math.inf
         self._lanes: tuple[OrderedDict[int, OutboxRow], ...] = tuple(
             OrderedDict() for _ in range(PRIORITY_READING + 1)
         )
@@ -74,12 +91,39 @@ class MemoryOutbox:
         self._next_id += 1
         self._lanes[min(priority, PRIORITY_READING)][row.id] = row
         self._size += 1
+        if (now := self._monotonic()) - self._marked_at >= MARK_INTERVAL_S:
+            self._marked_at = now
+            self._marks.append((row.id, now))
+            if len(self._marks) > MARKS_MAX:
+                self._prune_marks()
         self._new.append(row)
         if self._size > self.max_rows:
             self._shed()
         if not self._handing_over:
             self._handing_over = True
             asyncio.get_running_loop().call_soon(self._hand_over)
+
+    @property
+    def oldest_age(self) -> float:
+        """Seconds the oldest row has waited (0 when empty); at most ``MARK_INTERVAL_S``
+        more than its true age."""
+        oldest = self._prune_marks()
+        if oldest is None or not self._marks:
+            return 0.0
+        return max(0.0, self._monotonic() - self._marks[0][1])
+
+    def _prune_marks(self) -> int | None:
+        """Forget the notes no waiting row needs; returns the oldest row's id (None: empty)."""
+        firsts = [next(iter(lane)) for lane in self._lanes if lane]
+        marks = self._marks
+        if not firsts:
+            marks.clear()
+            self._marked_at = -math.inf  # the next row added is noted
+            return None
+        oldest = min(firsts)
+        while len(marks) > 1 and marks[1][0] <= oldest:
+            marks.popleft()
+        return oldest
 
     def _hand_over(self) -> None:
         """What ``Store`` does after a commit: the new rows to the feed, and a signal."""
@@ -196,6 +240,10 @@ class MemoryOutbox:
         a stop, or by the sink when it was durable) in front of them, up to ``max_rows``;
         returns how many moved. Rows beyond that stay in SQLite, and the operator is told."""
         self._store.buffer_in_memory(self.sink, self)
+        found = await self._store.query(
+            "SELECT min(created) AS t FROM outbox WHERE sink = ?", (self.sink,)
+        )
+        created = found[0]["t"] if found else None
         adopted: tuple[OrderedDict[int, OutboxRow], ...] = tuple(OrderedDict() for _ in self._lanes)
         moved = 0
         acked: list[int] = []
@@ -215,6 +263,8 @@ class MemoryOutbox:
                 front.update(lane)
             self._lanes = adopted
             self._size += moved
+            waited = max(0.0, self._clock() - float(created)) if created is not None else 0.0
+            self._marks.appendleft((1, self._monotonic() - waited))  # the adopted rows' age
             self.outbox_epoch += 1  # a forwarder that went live meanwhile reads them first
             self._signal.set()
             log.info("sink %s: %d rows taken from the SQLite outbox into memory", self.sink, moved)

@@ -197,6 +197,9 @@ class MemoryBuffer(Protocol):
     @property
     def depth(self) -> int: ...
 
+    @property
+    def oldest_age(self) -> float: ...
+
     def add(self, msg_id: str, topic: str, payload: bytes, qos: int, priority: int) -> None: ...
 
 
@@ -501,6 +504,10 @@ class Store:
     def memory_depths(self) -> dict[str, int]:
         """Rows waiting in each memory outbox."""
         return {sink: buffer.depth for sink, buffer in self._memory.items()}
+
+    def memory_ages(self) -> dict[str, float]:
+        """Seconds the oldest row of each memory outbox has waited (0 when empty)."""
+        return {sink: buffer.oldest_age for sink, buffer in self._memory.items()}
 
     def outbox_feed(self, sink: str, feed: OutboxFeed) -> Callable[[], None]:
         """After each commit, hand ``feed`` the rows it added for ``sink`` (replacing any

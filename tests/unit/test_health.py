@@ -12,6 +12,7 @@ import pytest
 from gateway.counters import Counters
 from gateway.health import Monitor, watch
 from gateway.model import Reading
+from gateway.sinks.memory_outbox import MemoryOutbox
 from gateway.sinks.resilience import BreakerState
 from gateway.store.config import StoreConfig
 from gateway.store.store import Store
@@ -137,3 +138,23 @@ async def test_watchdog_pings_stop_while_stalled_and_resume(
         await asyncio.gather(task, return_exceptions=True)
         notifier.close()
         manager.close()
+
+
+async def test_a_memory_outbox_reports_the_age_of_its_oldest_row(
+    store: Store, counters: Counters
+) -> None:
+    """As the SQLite outbox does through ``created``: an uplink down for minutes shows."""
+    mono = Clock()
+    memory = MemoryOutbox("up", store, counters, max_rows=100, monotonic=mono)
+    await memory.open()
+    monitor = Monitor(
+        store, lambda: {"up": (BreakerState.OPEN, 5)}, counters, stall_after=STALL_AFTER
+    )
+    store.add_outbox("up", "m1", "t", b"{}", 1)
+    mono.now += 90.0
+    verdict = await monitor.check()
+    assert verdict.sinks["up"].depth == 1
+    assert verdict.sinks["up"].oldest_age == pytest.approx(90.0, abs=0.5)
+    assert monitor.ready(max_outbox=100)[1]["sinks"]["up"]["oldest_age_s"] == pytest.approx(
+        90.0, abs=0.5
+    )

@@ -135,3 +135,46 @@ async def test_undeliverable_rows_become_dead_letters_in_the_store(store: Store)
             "raw": b"big",
         }
     ]
+
+
+class Clock:
+    def __init__(self, now: float) -> None:
+        self.now = now
+
+    def __call__(self) -> float:
+        return self.now
+
+
+async def test_oldest_age_is_how_long_the_oldest_waiting_row_has_waited(store: Store) -> None:
+    mono = Clock(100.0)
+    memory = MemoryOutbox("up", store, Counters(), max_rows=1000, monotonic=mono)
+    await memory.open()
+    assert memory.oldest_age == 0.0
+    add(store, "r0", "r1")
+    mono.now = 100.5
+    add(store, "r2")  # within a second of r0's note: known to be no older than r0
+    mono.now = 101.25
+    add(store, "r3")
+    mono.now = 105.0
+    assert memory.oldest_age == 5.0
+    rows = await memory.outbox_take("up", 10)
+    memory.outbox_settled([r.id for r in rows[:3]])  # r0..r2 delivered
+    assert memory.oldest_age == 3.75  # r3's
+    memory.outbox_settled([rows[3].id])
+    assert memory.oldest_age == 0.0
+    mono.now = 106.0
+    add(store, "r4")
+    mono.now = 106.5
+    assert memory.oldest_age == 0.5
+
+
+async def test_adopted_rows_keep_their_age_from_the_sqlite_outbox(store: Store) -> None:
+    wall, mono = Clock(1_700_000_100.0), Clock(50.0)
+    store.add_outbox("up", "old", "t", b"x", 1, PRIORITY_READING)  # left by a durable sink
+    await store.flush()
+    created = (await store.query("SELECT created FROM outbox"))[0]["created"]
+    wall.now = created + 30.0
+    memory = MemoryOutbox("up", store, Counters(), max_rows=1000, clock=wall, monotonic=mono)
+    assert await memory.open() == 1
+    assert memory.oldest_age == pytest.approx(30.0)
+    assert store.memory_ages() == {"up": pytest.approx(30.0)}
