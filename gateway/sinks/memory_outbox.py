@@ -17,9 +17,9 @@ overflow alert, as the SQLite outbox's does), and ``outbox_epoch`` is bumped.
 
 ``oldest_age`` is how long the oldest row has waited, as the SQLite outbox's ``created``
 column tells for its rows (health, ``/readyz``, the ``outbox_oldest_age_seconds`` metric). Rows
-carry no time of their own: the outbox notes ``(row id, monotonic time)`` when a row is added
-at least ``MARK_INTERVAL_S`` after the last note, so the age of the oldest row is known to
-within that interval (never younger than it is), at one clock read per row.
+carry no time of their own: when it hands new rows over (once a loop turn, right after they
+were added) at least ``MARK_INTERVAL_S`` after its last note, the outbox notes ``(first row
+id, monotonic time)``, so the age of the oldest row is known to within that interval.
 """
 
 from __future__ import annotations
@@ -63,8 +63,8 @@ class MemoryOutbox:
         self._clock = clock
         self._monotonic = monotonic
         self._marks: deque[tuple[int, float]] = deque()
-        """``(id, t)``: row ``id`` was added at monotonic time ``t``, and no row after it
-        before ``t``; one note per ``MARK_INTERVAL_S`` at most."""
+        """``(id, t)``: row ``id`` was handed over at monotonic time ``t``, and no row after
+        it before ``t``; one note per ``MARK_INTERVAL_S`` at most."""
         self._marked_at = -math.inf
         self._lanes: tuple[OrderedDict[int, OutboxRow], ...] = tuple(
             OrderedDict() for _ in range(PRIORITY_READING + 1)
@@ -91,11 +91,6 @@ class MemoryOutbox:
         self._next_id += 1
         self._lanes[min(priority, PRIORITY_READING)][row.id] = row
         self._size += 1
-        if (now := self._monotonic()) - self._marked_at >= MARK_INTERVAL_S:
-            self._marked_at = now
-            self._marks.append((row.id, now))
-            if len(self._marks) > MARKS_MAX:
-                self._prune_marks()
         self._new.append(row)
         if self._size > self.max_rows:
             self._shed()
@@ -129,6 +124,11 @@ class MemoryOutbox:
         """What ``Store`` does after a commit: the new rows to the feed, and a signal."""
         self._handing_over = False
         rows, self._new = self._new, []
+        if rows and (now := self._monotonic()) - self._marked_at >= MARK_INTERVAL_S:
+            self._marked_at = now  # one clock read per loop turn, not per row
+            self._marks.append((rows[0].id, now))
+            if len(self._marks) > MARKS_MAX:
+                self._prune_marks()
         if rows and self._feed is not None:
             self._feed(rows)
         self._signal.set()

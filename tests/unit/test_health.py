@@ -151,6 +151,7 @@ async def test_a_memory_outbox_reports_the_age_of_its_oldest_row(
         store, lambda: {"up": (BreakerState.OPEN, 5)}, counters, stall_after=STALL_AFTER
     )
     store.add_outbox("up", "m1", "t", b"{}", 1)
+    await asyncio.sleep(0)  # handed over: its time noted
     mono.now += 90.0
     verdict = await monitor.check()
     assert verdict.sinks["up"].depth == 1

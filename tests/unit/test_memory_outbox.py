@@ -4,6 +4,7 @@ process runs; a stop writes what is left to SQLite and the next start takes it b
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import AsyncIterator
 from pathlib import Path
 
@@ -151,10 +152,13 @@ async def test_oldest_age_is_how_long_the_oldest_waiting_row_has_waited(store: S
     await memory.open()
     assert memory.oldest_age == 0.0
     add(store, "r0", "r1")
+    await asyncio.sleep(0)  # the loop turn that hands them over notes their time
     mono.now = 100.5
     add(store, "r2")  # within a second of r0's note: known to be no older than r0
+    await asyncio.sleep(0)
     mono.now = 101.25
     add(store, "r3")
+    await asyncio.sleep(0)
     mono.now = 105.0
     assert memory.oldest_age == 5.0
     rows = await memory.outbox_take("up", 10)
@@ -164,6 +168,7 @@ async def test_oldest_age_is_how_long_the_oldest_waiting_row_has_waited(store: S
     assert memory.oldest_age == 0.0
     mono.now = 106.0
     add(store, "r4")
+    await asyncio.sleep(0)
     mono.now = 106.5
     assert memory.oldest_age == 0.5
 
