@@ -10,6 +10,12 @@ in groups of random size (1 to 500, as a forwarder acks), with the former statem
 (every size its own text) and with power-of-two buckets::
 
     python -m gateway.tools.store_insert --rows 1000 --batches 15
+
+``--chunks`` compares other rows-per-statement sizes, the first the baseline (``0,128,512``:
+row by row, the former 128 and the default 512), and ``--devices`` spreads the readings of
+a batch over that many devices (each index insert lands on another device's page)::
+
+    python -m gateway.tools.store_insert --rows 2000 --devices 1000 --chunks 128,512,1024
 """
 
 from __future__ import annotations
@@ -36,7 +42,7 @@ from gateway.store.schema import create_schema
 from gateway.store.statements import delete_outbox
 from gateway.store.store import Store
 
-PATHS = {"old (row by row)": 0, "new (multi-row)": Store._chunk_rows}
+DEFAULT_PATHS = {"old (row by row)": 0, "new (multi-row)": Store._chunk_rows}
 
 
 @contextmanager
@@ -60,11 +66,17 @@ def busy_thread(on: bool) -> Iterator[None]:
 
 
 async def time_batches(
-    directory: Path, rows: int, outbox: int, batches: int, busy: bool
+    directory: Path,
+    rows: int,
+    outbox: int,
+    batches: int,
+    busy: bool,
+    paths: dict[str, int],
+    devices: int,
 ) -> dict[str, list[float]]:
     """Milliseconds per batch commit, per path, batches alternating between the paths."""
     stores: dict[str, Store] = {}
-    for name, chunk_rows in PATHS.items():
+    for name, chunk_rows in paths.items():
         path = directory / f"{chunk_rows}-{int(busy)}.db"
         store = Store(StoreConfig(path=path), Counters())
         store._chunk_rows = chunk_rows
@@ -77,7 +89,7 @@ async def time_batches(
             for k in range(batches + 2):  # the first two warm up the files and caches
                 for name, store in stores.items():
                     store.add_readings(
-                        Reading("bench", f"d{i % 100}", "temp", float(i), 1e9 + i, seq + i)
+                        Reading("bench", f"d{i % devices}", "temp", float(i), 1e9 + i, seq + i)
                         for i in range(rows)
                     )
                     for i in range(outbox):
@@ -137,22 +149,39 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--outbox", type=int, default=0, help="outbox rows per batch")
     parser.add_argument("--batches", type=int, default=15, help="timed batches per path")
     parser.add_argument("--deletes", type=int, default=50_000, help="outbox rows to delete")
+    parser.add_argument("--devices", type=int, default=100, help="devices of a batch's readings")
+    parser.add_argument(
+        "--chunks",
+        help="rows per INSERT statement to compare, the first the baseline (0: row by row)",
+    )
     args = parser.parse_args(argv)
+    paths = (
+        {
+            f"{int(c)} rows a statement" if int(c) else "row by row": int(c)
+            for c in args.chunks.split(",")
+        }
+        if args.chunks
+        else DEFAULT_PATHS
+    )
     print(
         f"{args.rows} readings + {args.outbox} outbox rows a batch, median of {args.batches}"
         f" batches (ms from flush to commit); SQLite {sqlite3.sqlite_version}"
     )
-    print(f"{'load':6s} {'path':18s} {'median ms':>10s} {'mean ms':>9s} {'ratio':>6s}")
+    print(f"{'load':6s} {'path':22s} {'median ms':>10s} {'mean ms':>9s} {'ratio':>6s}")
     with tempfile.TemporaryDirectory(prefix="store-insert-") as tmp:
         directory = Path(tmp)
         for busy in (False, True):
-            times = asyncio.run(time_batches(directory, args.rows, args.outbox, args.batches, busy))
-            base = statistics.median(times[next(iter(PATHS))])
+            times = asyncio.run(
+                time_batches(
+                    directory, args.rows, args.outbox, args.batches, busy, paths, args.devices
+                )
+            )
+            base = statistics.median(times[next(iter(paths))])
             for name, ms in times.items():
                 median = statistics.median(ms)
                 load = "busy" if busy else "idle"
                 print(
-                    f"{load:6s} {name:18s} {median:10.2f} {statistics.fmean(ms):9.2f}"
+                    f"{load:6s} {name:22s} {median:10.2f} {statistics.fmean(ms):9.2f}"
                     f" {median / base:5.2f}x"
                 )
         print(f"\noutbox deletes, {args.deletes} rows acked in groups of 1-500 (µs per row)")
