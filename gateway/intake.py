@@ -5,8 +5,10 @@ Limits (``limits`` in the config): a message or line with more than
 ``max_metrics_per_message`` readings is rejected whole (``too_many_metrics``); a device id
 that does not match ``device_pattern`` is rejected (``bad_device``); once ``max_devices``
 distinct ids were accepted, readings of further devices are rejected
-(``too_many_devices``), so a rogue publisher inventing ids cannot grow the pipelines' state.
-A known device costs one set lookup per reading; the pattern runs once per new device.
+(``too_many_devices``), and once ``max_series`` distinct device+metric pairs were, readings
+of further pairs (``too_many_series``): so a rogue publisher inventing device ids or metric
+names cannot grow the pipelines' per-key state. A known series costs a dict and a set lookup
+per reading; the pattern runs once per new device.
 """
 
 from __future__ import annotations
@@ -45,7 +47,9 @@ class Intake:
         self._clock = clock
         self._warn = RateLimitedLog(log, warn_interval)
         self.open = True
-        self._devices: set[str] = set()
+        self._devices: dict[str, set[str]] = {}
+        """The metrics of each accepted device: the series accepted."""
+        self._series = 0
         self.set_limits(limits or LimitsConfig())
 
     def set_limits(self, limits: LimitsConfig) -> None:
@@ -73,8 +77,9 @@ class Intake:
             return
         devices = self._devices
         for reading in readings:
-            if reading.device not in devices:  # rare: only readings of a new device get here
-                readings = [r for r in readings if r.device in devices or self._admit(r)]
+            metrics = devices.get(reading.device)
+            if metrics is None or reading.metric not in metrics:  # rare: a new series
+                readings = [r for r in readings if self._admit(r)]
                 if not readings:
                     return
                 break
@@ -86,7 +91,27 @@ class Intake:
                 push(reading)
 
     def _admit(self, reading: Reading) -> bool:
-        """A device seen for the first time: check its id and the cardinality cap."""
+        """Whether a reading's series is accepted; a new one is checked against the limits."""
+        device, metric = reading.device, reading.metric
+        metrics = self._devices.get(device)
+        if metrics is not None and metric in metrics:
+            return True
+        if metrics is None and not self._admit_device(reading):
+            return False
+        if self._series >= self._limits.max_series:
+            self._refuse(
+                reading.source,
+                "too_many_series",
+                f"{device!r} {metric[:64]!r} is beyond max_series={self._limits.max_series}",
+                [reading],
+            )
+            return False
+        self._devices.setdefault(device, set()).add(metric)
+        self._series += 1
+        return True
+
+    def _admit_device(self, reading: Reading) -> bool:
+        """A device seen for the first time: check its id and the device cap."""
         device = reading.device
         if not self._device_ok(device):
             self._refuse(
@@ -104,7 +129,6 @@ class Intake:
                 [reading],
             )
             return False
-        self._devices.add(device)
         return True
 
     def _refuse(self, source: str, reason: str, detail: str, readings: list[Reading]) -> None:

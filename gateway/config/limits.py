@@ -17,6 +17,11 @@ class LimitsConfig(StrictModel):
     max_devices: int = Field(
         10_000, ge=1, description="distinct device ids accepted; readings of more are rejected"
     )
+    max_series: int = Field(
+        100_000,
+        ge=1,
+        description="distinct device+metric pairs accepted; readings of more are rejected",
+    )
     max_metrics_per_message: int = Field(
         256, ge=1, description="a message or line carrying more readings is rejected whole"
     )

@@ -56,6 +56,33 @@ async def test_device_cardinality_cap_rejects_new_devices_keeps_known_ones(store
     assert b"rogue-3" in dead[0]["raw"]
 
 
+async def test_series_cap_rejects_invented_metric_names_keeps_known_series(store: Store) -> None:
+    counters, seen = Counters(), []
+    intake = Intake(
+        store, {"fleet": [seen.append]}, counters, lambda: 0.0, limits=LimitsConfig(max_series=3)
+    )
+    intake.accept([r("pump-1", "temp"), r("pump-1", "flow")])
+    for i in range(500):  # firmware putting a counter into its JSON keys
+        intake.accept([r("pump-1", f"temp_{i}")])
+    intake.accept([r("pump-1", "temp", 2.0), r("pump-1", "rpm"), r("pump-2", "temp")])
+    intake.accept([r("pump-1", "rpm", 3.0)])
+    await store.flush()
+    assert [(x.device, x.metric) for x in seen] == [
+        ("pump-1", "temp"),
+        ("pump-1", "flow"),
+        ("pump-1", "temp_0"),
+        ("pump-1", "temp"),  # a known series goes on; the new ones around it are refused
+    ]
+    assert counters.get("fleet", "rejected_too_many_series") == 499 + 2 + 1
+    [row] = await store.query("SELECT count(*) AS n FROM readings")
+    assert row["n"] == 4
+    dead = await store.query(
+        "SELECT detail, raw FROM dead_letters WHERE reason = 'too_many_series' LIMIT 1"
+    )
+    assert "max_series=3" in dead[0]["detail"]
+    assert b"temp_1" in dead[0]["raw"]
+
+
 async def test_too_many_metrics_in_one_message_is_rejected_whole(store: Store) -> None:
     counters = Counters()
     intake = Intake(
