@@ -28,6 +28,7 @@ from gateway.health import Monitor, Verdict, watch
 from gateway.intake import Intake
 from gateway.metrics import MetricsServer
 from gateway.model import Alert, Reading, Record
+from gateway.pipeline.context import KeyCount
 from gateway.pipeline.inlet import Inlet
 from gateway.pipeline.metering import Meters
 from gateway.pipeline.steps import compile_steps
@@ -64,6 +65,8 @@ class Pipeline:
     subscription: reactivex.abc.DisposableBase
     push: Callable[[Reading], None]
     """``subject.on_next``, timed for the metrics."""
+    keys: dict[str, KeyCount]
+    """How to count the device+metric keys of each stateful step, by step id."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -213,12 +216,21 @@ class Gateway:
         ]
         router = Router(config.gateway.id, p.id, self.store, targets, self.ids, p.forward)
         subject: Inlet[Record] = Inlet()
-        operator = compile_steps(p.id, p.steps, self._scheduler, self.counters, self.meters)
+        keys: dict[str, KeyCount] = {}
+        operator = compile_steps(p.id, p.steps, self._scheduler, self.counters, self.meters, keys)
         subscription = subject.pipe(operator).subscribe(
             on_next=router if self.live is None else self.live.observe(router),
             on_error=functools.partial(_pipeline_failed, p.id),
         )
-        return Pipeline(p, subject, subscription, self.meters.timed(p.id, subject.on_next))
+        return Pipeline(p, subject, subscription, self.meters.timed(p.id, subject.on_next), keys)
+
+    def step_keys(self) -> list[tuple[str, str, int]]:
+        """``(pipeline, step, keys)`` of every stateful step of the running pipelines."""
+        return [
+            (pipeline_id, step, size())
+            for pipeline_id, pipeline in list(self.pipelines.items())
+            for step, size in list(pipeline.keys.items())
+        ]
 
     def _routes(self) -> dict[str, list[Callable[[Reading], None]]]:
         routes: dict[str, list[Callable[[Reading], None]]] = {}
@@ -331,6 +343,7 @@ class Gateway:
                 self.meters,
                 [s.id for s in self.config.sources],
                 str(self.config.store.path),
+                self.step_keys,
             )
             if http.enabled
             else None

@@ -91,8 +91,10 @@ class GatewayCollector(Collector):
         meters: Meters,
         sources: list[str],
         store_path: str,
+        step_keys: Callable[[], list[tuple[str, str, int]]] = list,
     ) -> None:
         self._counters = counters
+        self._step_keys = step_keys
         self._meters = meters
         self._monitor = monitor
         self.sources = sources
@@ -163,6 +165,15 @@ class GatewayCollector(Collector):
             step_time.add_metric([pipeline, step], into, self._meters.step_seconds(pipeline, step))
         yield records
         yield step_time
+        keys = GaugeMetricFamily(
+            "edge_gateway_step_keys",
+            "device+metric keys a stateful step holds state for (a processing-time window:"
+            " its open windows)",
+            labels=["pipeline", "step"],
+        )
+        for pipeline, step, size in self._step_keys():
+            keys.add_metric([pipeline, step], size)
+        yield keys
         processing = SummaryMetricFamily(
             "edge_gateway_pipeline_processing_seconds",
             "time spent pushing readings through each pipeline",
@@ -250,11 +261,12 @@ class MetricsServer:
         meters: Meters,
         sources: list[str],
         store_path: str,
+        step_keys: Callable[[], list[tuple[str, str, int]]] = list,
     ) -> None:
         self.config = config
         self._monitor = monitor
         self._store = store
-        self.collector = GatewayCollector(counters, monitor, meters, sources, store_path)
+        self.collector = GatewayCollector(counters, monitor, meters, sources, store_path, step_keys)
         self.registry = CollectorRegistry(auto_describe=False)
         self.registry.register(self.collector)
         ProcessCollector(namespace="edge_gateway", registry=self.registry)

@@ -41,6 +41,7 @@ def threshold(
         -70--81R-85--79--77C-|     R = raised after 81, C = cleared after 77
     """
     states: dict[tuple[str, str], _KeyState] = {}
+    ctx.track_keys(states.__len__)
     pipeline, step = ctx.pipeline, ctx.step
     high = above if above is not None else float("inf")
     low = below if below is not None else float("-inf")

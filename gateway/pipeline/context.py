@@ -25,6 +25,13 @@ Operator = Callable[[Observable[Record]], Observable[Record]]
 _WALL_CLOCK = Scheduler.now
 """reactivex's own ``now`` (wall clock, UTC); virtual-time schedulers override it."""
 
+KeyCount = Callable[[], int]
+"""How many device+metric keys a step holds state for, asked at scrape time."""
+
+
+def _untracked(_size: KeyCount) -> None:
+    """Where keys go when nobody tracks them (tests, replay)."""
+
 
 @dataclass(frozen=True, slots=True)
 class StepContext:
@@ -34,6 +41,9 @@ class StepContext:
     step: str
     scheduler: abc.SchedulerBase
     counters: Counters
+    track_keys: Callable[[KeyCount], None] = _untracked
+    """A step that keeps state per device+metric hands over how to count its keys (the
+    ``edge_gateway_step_keys`` metric): where memory goes as devices come."""
     component: str = field(init=False)
     """``"{pipeline}/{step}"``: the counter component of this step."""
 

@@ -88,6 +88,7 @@ class DetectorStepModel(StepModel):
             ctx.counters,
             p.max_keys,
         )
+        ctx.track_keys(detector.keys.__len__)
         return detect(detector, ctx)
 
 

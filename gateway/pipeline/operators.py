@@ -176,6 +176,7 @@ def distinct_until_changed(epsilon: float, ctx: StepContext) -> Operator:
         -1-------2-------1--|
     """
     last: dict[tuple[str, str], float] = {}
+    ctx.track_keys(last.__len__)
 
     def handler(r: Reading) -> Reading | None:
         key = (r.device, r.metric)
@@ -197,6 +198,7 @@ def throttle(duration: float, ctx: StepContext) -> Operator:
         -a--d--|
     """
     until: dict[tuple[str, str], float] = {}
+    ctx.track_keys(until.__len__)
     clock_now = epoch_clock(ctx.scheduler)
 
     def handler(r: Reading) -> Reading | None:

@@ -41,6 +41,7 @@ def silence(after: float, severity: str, event_time: bool, ctx: StepContext) -> 
         ) -> abc.DisposableBase:
             last: dict[tuple[str, str], float] = {}
             last_ts: dict[tuple[str, str], float] = {}
+            ctx.track_keys(last.__len__)
             silent: set[tuple[str, str]] = set()
             deadlines: list[tuple[float, tuple[str, str]]] = []
             newest = -float("inf")

@@ -13,6 +13,7 @@ A step is a mapping with exactly one op key and an optional ``id``::
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Sequence
 from typing import Annotated, Any, ClassVar, Literal
 
@@ -31,7 +32,7 @@ from gateway.config.types import Duration, StrictModel
 from gateway.counters import Counters
 from gateway.model import Record
 from gateway.pipeline import alerts, operators, windows
-from gateway.pipeline.context import Operator, StepContext
+from gateway.pipeline.context import KeyCount, Operator, StepContext
 from gateway.pipeline.detector_steps import (
     DETECTOR_MODELS,
     ActionStep,
@@ -319,10 +320,12 @@ def compile_steps(
     scheduler: abc.SchedulerBase,
     counters: Counters,
     meters: Meters | None = None,
+    keys: dict[str, KeyCount] | None = None,
 ) -> Operator:
     """Build every step and chain them; no steps forward records unchanged.
 
-    With ``meters``, each step's records in and out are counted.
+    With ``meters``, each step's records in and out are counted. With ``keys``, each step
+    that keeps state per device+metric puts there, by step id, how to count its keys.
 
     Step ids are the explicit ``id`` or ``"{index}:{op}"``; they must be unique in a pipeline.
     """
@@ -335,7 +338,12 @@ def compile_steps(
         if step_id in seen:
             raise ValueError(f"pipeline {pipeline_id!r}: duplicate step id {step_id!r}")
         seen.add(step_id)
-        operator = step.build(StepContext(pipeline_id, step_id, scheduler, counters))
+        if keys is None:
+            ctx = StepContext(pipeline_id, step_id, scheduler, counters)
+        else:
+            track = functools.partial(keys.__setitem__, step_id)
+            ctx = StepContext(pipeline_id, step_id, scheduler, counters, track)
+        operator = step.build(ctx)
         built.append(
             operator if meters is None else meters.wrap_step(pipeline_id, step_id, operator)
         )

@@ -213,6 +213,7 @@ def window(
             observer: abc.ObserverBase[Record], scheduler_: abc.SchedulerBase | None = None
         ) -> abc.DisposableBase:
             open_windows: dict[WindowKey, Accumulator] = {}
+            ctx.track_keys(open_windows.__len__)  # open windows: size / slide a key
             deadlines: list[tuple[float, WindowKey]] = []
             rng = random.Random(0)
             now = epoch_seconds(scheduler)
@@ -400,6 +401,7 @@ def event_window(
             observer: abc.ObserverBase[Record], scheduler_: abc.SchedulerBase | None = None
         ) -> abc.DisposableBase:
             clocks: dict[tuple[str, str], _KeyClock] = {}
+            ctx.track_keys(clocks.__len__)
             dues: list[float] = []
             """Heap of the distinct deadlines: processing times some key's oldest window
             closes by (all keys whose windows end together share one, in a replay)."""

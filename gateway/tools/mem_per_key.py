@@ -27,12 +27,15 @@ heap fragments less (10,000 keys: 14.8 KB a key, against 16.3-16.5 KB measured i
 
     python -m gateway.tools.mem_per_key --rss --window-tail 10 --devices 10000 \
         --readings 2100 --interval 300
+
+``--anomaly JSON`` sizes the detector with other parameters (``'{"window": 300}'``).
 """
 
 from __future__ import annotations
 
 import argparse
 import gc
+import json
 import os
 import sys
 import tracemalloc
@@ -54,8 +57,12 @@ from gateway.sinks.payloads import MessageIds
 ANOMALY = Path(__file__).resolve().parents[2] / "config" / "examples" / "anomaly.yaml"
 
 
-def config() -> Config:
+def config(anomaly: dict[str, Any] | None = None) -> Config:
+    """The bench's full pipeline; ``anomaly`` overrides the default detector's parameters."""
     detector: list[dict[str, Any]] = yaml.safe_load(ANOMALY.read_text())["pipelines"][0]["steps"]
+    for step in detector:
+        if "anomaly" in step and anomaly:
+            step["anomaly"] = {**(step["anomaly"] or {}), **anomaly}
     window = [{"window": {"size": "10s", "lateness": "2s"}}]
     return Config.model_validate(
         {
@@ -188,8 +195,14 @@ def main(argv: Sequence[str] | None = None) -> int:
         metavar="N",
         help="feed the window pipeline only each device's last N readings",
     )
+    parser.add_argument(
+        "--anomaly",
+        type=json.loads,
+        metavar="JSON",
+        help='the detector\'s parameters, e.g. \'{"window": 300, "min_count": 150}\'',
+    )
     args = parser.parse_args(argv)
-    cfg = config()
+    cfg = config(args.anomaly)
     with open(os.devnull, "wb") as out:  # what is written is output, not state
         if args.rss:
             measure_rss(cfg, out, args.devices, args.readings, args.interval, args.window_tail)

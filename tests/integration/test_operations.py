@@ -284,6 +284,7 @@ def test_metrics_health_and_readiness_endpoints(
         )
         assert sample(text, "edge_gateway_step_processing_seconds_count", **step) == 400
         assert sample(text, "edge_gateway_step_processing_seconds_sum", **step) > 0
+        assert sample(text, "edge_gateway_step_keys", **step) == 4  # 4 devices x 1 metric
         assert "edge_gateway_event_loop_lag_seconds" in text
         assert sample(text, "edge_gateway_store_commit_seconds_count") >= 1
         assert sample(text, "edge_gateway_store_commit_seconds_bucket", le="+Inf") == sample(

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
 import pytest
@@ -195,6 +196,38 @@ def test_step_ids_default_to_index_and_op() -> None:
     observer = scheduler.start(lambda: pipeline(xs))
     assert [r.value for _, r in emitted(observer) if isinstance(r, Reading)] == [2.0]
     assert counters.snapshot() == {("line/1:filter", "error"): 1}
+
+
+def test_stateful_steps_report_how_many_device_metric_keys_they_hold() -> None:
+    scheduler = TestScheduler()
+    steps = STEPS.validate_python(
+        [
+            {"zscore": {"window": 5}},
+            {"filter": "value > 0"},
+            {"distinct_until_changed": {"epsilon": 0.5}},
+            {"throttle": "1s"},
+            {"silence": {"after": "60s"}},
+            {"window": {"size": "10s"}},
+            {"threshold": {"above": 100}},
+        ]
+    )
+    keys: dict[str, Callable[[], int]] = {}
+    pipeline = compile_steps("p", steps, scheduler, Counters(), keys=keys)
+    devices = [(d, m) for d in ("a", "b", "c") for m in ("temp", "hum")]
+    xs = scheduler.create_hot_observable(
+        [on_next(201 + i, reading(1.0, 201.0 + i, d, m)) for i, (d, m) in enumerate(devices)]
+        + [on_next(207, reading(2.0, 202.0, "a", "temp"))]  # a key seen again is one key
+        + [on_next(208, reading(-1.0, 208.0, "z", "temp"))]  # filtered after the first step
+    )
+    scheduler.start(lambda: pipeline(xs), disposed=209)  # before any window closes
+    assert {step: size() for step, size in keys.items()} == {
+        "0:zscore": 7,
+        "2:distinct_until_changed": 6,
+        "3:throttle": 6,
+        "4:silence": 6,
+        "5:window": 6,
+        "6:threshold": 0,  # it sees aggregates, and no window has closed yet
+    }  # a filter keeps nothing per key
 
 
 def test_duplicate_step_ids_are_refused() -> None:
