@@ -53,7 +53,7 @@ class Intake:
         self.set_limits(limits or LimitsConfig())
 
     def set_limits(self, limits: LimitsConfig) -> None:
-        """Apply (new) limits; devices already accepted stay accepted."""
+        """Apply (new) limits; devices and series already accepted stay accepted."""
         self._limits = limits
         self._device_ok = re.compile(limits.device_pattern).match
         self.last_seen: dict[str, float] = {}
