@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from collections.abc import AsyncIterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -24,6 +25,14 @@ async def store(tmp_path: Path) -> AsyncIterator[Store]:
 
 def r(device: str, metric: str = "t", value: float = 1.0) -> Reading:
     return Reading("fleet", device, metric, value, 1_700_000_000.0)
+
+
+async def first_dead_letter(store: Store, reason: str) -> dict[str, Any]:
+    """The detail and raw bytes of the first dead letter kept for ``reason``."""
+    [row] = await store.query(
+        "SELECT detail, raw FROM dead_letters WHERE reason = ? ORDER BY rowid LIMIT 1", (reason,)
+    )
+    return row
 
 
 async def test_device_cardinality_cap_rejects_new_devices_keeps_known_ones(store: Store) -> None:
@@ -49,11 +58,9 @@ async def test_device_cardinality_cap_rejects_new_devices_keeps_known_ones(store
     assert counters.get("fleet", "messages") == 1002
     [row] = await store.query("SELECT count(DISTINCT device) AS n FROM readings")
     assert row["n"] == 3
-    dead = await store.query(
-        "SELECT reason, detail, raw FROM dead_letters WHERE reason = 'too_many_devices' LIMIT 1"
-    )
-    assert "max_devices=3" in dead[0]["detail"]
-    assert b"rogue-3" in dead[0]["raw"]
+    dead = await first_dead_letter(store, "too_many_devices")
+    assert "max_devices=3" in dead["detail"]
+    assert b"rogue-3" in dead["raw"]
 
 
 async def test_series_cap_rejects_invented_metric_names_keeps_known_series(store: Store) -> None:
@@ -76,11 +83,9 @@ async def test_series_cap_rejects_invented_metric_names_keeps_known_series(store
     assert counters.get("fleet", "rejected_too_many_series") == 499 + 2 + 1
     [row] = await store.query("SELECT count(*) AS n FROM readings")
     assert row["n"] == 4
-    dead = await store.query(
-        "SELECT detail, raw FROM dead_letters WHERE reason = 'too_many_series' LIMIT 1"
-    )
-    assert "max_series=3" in dead[0]["detail"]
-    assert b"temp_1" in dead[0]["raw"]
+    dead = await first_dead_letter(store, "too_many_series")
+    assert "max_series=3" in dead["detail"]
+    assert b"temp_1" in dead["raw"]
 
 
 async def test_too_many_metrics_in_one_message_is_rejected_whole(store: Store) -> None:
