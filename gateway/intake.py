@@ -17,12 +17,11 @@ import logging
 import re
 from collections.abc import Callable, Mapping, Sequence
 
-import orjson
-
 from gateway.config.limits import LimitsConfig
 from gateway.counters import Counters
 from gateway.logs import RateLimitedLog
 from gateway.model import Reading
+from gateway.sinks.payloads import json_bytes
 from gateway.store.store import Store
 
 log = logging.getLogger("gateway.intake")
@@ -132,7 +131,7 @@ class Intake:
         return True
 
     def _refuse(self, source: str, reason: str, detail: str, readings: list[Reading]) -> None:
-        raw = orjson.dumps([[r.device, r.metric, r.value, r.ts] for r in readings[:100]])
+        raw = json_bytes([[r.device, r.metric, r.value, r.ts] for r in readings[:100]])
         self._dead_letter(source, reason, detail, raw)
 
     def when_committed(self, callback: Callable[[], None]) -> None:

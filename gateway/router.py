@@ -6,10 +6,8 @@ from collections.abc import Collection, Sequence
 from dataclasses import dataclass
 from typing import Protocol
 
-import orjson
-
 from gateway.model import Aggregate, Alert, Message, Reading, Record
-from gateway.sinks.payloads import MessageIds, encode
+from gateway.sinks.payloads import MessageIds, encode, json_bytes
 from gateway.sinks.topics import render
 from gateway.store.store import PRIORITY_AGGREGATE, PRIORITY_ALERT, PRIORITY_READING
 
@@ -88,7 +86,7 @@ class Router:
         else:  # a Message: a step named the topic (an action, a late topic)
             if record.kind == "late":  # a reading a window refused: kept for inspection
                 detail = f"{record.pipeline}/{record.step}: older than the watermark"
-                raw = orjson.dumps({**record.body, "device": record.device, "ts": record.ts})
+                raw = json_bytes({**record.body, "device": record.device, "ts": record.ts})
                 self._store.add_dead_letter(
                     str(record.body.get("source", "")), "late", detail, raw, record.ts
                 )

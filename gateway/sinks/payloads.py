@@ -38,6 +38,16 @@ class MessageIds:
         return "r-" + hashlib.blake2b(key.encode(), digest_size=16).hexdigest()
 
 
+def json_bytes(doc: object) -> bytes:
+    """``orjson.dumps(doc)`` in bytes of its own size, for a document that is kept.
+
+    orjson 3.12 and later return bytes whose buffer stays at least 4 KB (it sets the length
+    and never shrinks the allocation): 10,000 queued aggregates of 250 bytes held 40 MB.
+    The copy costs about 0.13 µs.
+    """
+    return memoryview(orjson.dumps(doc)).tobytes()
+
+
 def kind_of(record: Record) -> str:
     if isinstance(record, Reading):
         return "reading"
@@ -113,4 +123,4 @@ def encode(record: Record, msg_id: str, gateway: str, pipeline: str) -> bytes:
             "score": record.score,
             "evidence": record.evidence,
         }
-    return orjson.dumps(doc)
+    return json_bytes(doc)
