@@ -42,6 +42,7 @@ from gateway.bench.systems import (
     System,
     cpu_seconds,
     memory_mb,
+    rss_parts_mb,
     wait_for,
 )
 
@@ -556,13 +557,6 @@ class Bench:
                     rate = min(self.p.latency_rate, 0.8 * (result.readings_per_s or 1000))
                     self._settle(system)
                     self.aggregate_latency(system, load, result, rate)
-                    load.devices = self.p.rss_devices
-                    rate = min(self.p.latency_rate * 2, result.readings_per_s or 1000)
-                    self._deliver(system, load, rate, self.p.rss_devices * 2)
-                    result.rss_10k_devices_mb = round(memory_mb(system.pid)[0], 1)
-                    result.notes.append(
-                        f"rss_10k_devices_mb: RSS with {self.p.rss_devices} devices' windows open"
-                    )
                 self._finish(system, result)
                 stored = system.stored()
                 if (newest := system.progress()) != stored:  # progress is the newest rowid
@@ -571,7 +565,54 @@ class Bench:
             finally:
                 system.stop()
                 publisher.stop()
+            if extended:
+                self._rss_many_devices(name, pipelines, result)
             self._ratio(result, ceiling)
+
+    def _rss_many_devices(self, name: str, pipelines: list[dict[str, Any]], result: Result) -> None:
+        """``rss_10k_devices_mb``: the RSS of a fresh gateway with the same pipelines once
+        ``rss_devices`` devices have sent readings at the latency rate until a window closed
+        for all of them (one burst of that many aggregates) and its aggregates are upstream.
+        A fresh process, so that the figure is what the devices cost, not what the ramp's
+        overload steps left queued."""
+        workdir, config = self._config(f"{name}, many devices", pipelines, qos_in=0, qos_out=1)
+        publisher = Agent("publish", "--port", str(self.local.port), "--qos", "0")
+        system = GatewayRun(workdir, config, "subscribed to", self.collector, False)
+        try:
+            devices, rate = self.p.rss_devices, self.p.latency_rate
+            load = Load(publisher, devices=devices)
+            seconds = self.p.window_s + self.p.lateness_s + 2  # a window end, then its close
+            aggregated0, base = self.collector.aggregated, system.progress()
+            sent, _ = load.send(rate, int(rate * seconds), self.seq)
+            self.seq += sent
+            self._settle(system, until=base + sent, timeout=60)
+            _wait_quietly(lambda: self.collector.aggregated > aggregated0, 2 * seconds)
+            if self.collector.aggregated == aggregated0:
+                result.notes.append("rss_10k_devices_mb: not measured, no aggregate arrived")
+                return
+            self._settle_aggregates(timeout=10)
+            rss, peak = memory_mb(system.pid)
+            anon, mapped = rss_parts_mb(system.pid)
+            result.rss_10k_devices_mb = round(rss, 1)
+            result.notes.append(
+                f"rss_10k_devices_mb: a fresh gateway after {devices} devices sent {sent} "
+                f"readings ({sent // devices} each) in {seconds:.0f}s at {rate:.0f}/s, "
+                f"a window closed for every device and its aggregates upstream: {rss:.1f} MB "
+                f"({anon:.1f} MB its own, {mapped:.1f} MB of mapped libraries), "
+                f"peak {peak:.1f} MB"
+            )
+        finally:
+            system.stop()
+            publisher.stop()
+
+    def _settle_aggregates(self, timeout: float) -> None:
+        """Until no aggregate has arrived upstream for a second (or ``timeout``)."""
+        c, deadline = self.collector, time.monotonic() + timeout
+        last, since = c.aggregated, time.monotonic()
+        while time.monotonic() - since < 1.0 and time.monotonic() < deadline:
+            time.sleep(0.05)
+            if c.aggregated != last:
+                last, since = c.aggregated, time.monotonic()
 
     def soak(
         self,

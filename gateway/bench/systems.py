@@ -42,6 +42,17 @@ def memory_mb(pid: int) -> tuple[float, float]:
     return rss, peak
 
 
+def rss_parts_mb(pid: int) -> tuple[float, float]:
+    """(anonymous, file-backed) RSS of a process in MB: its own heap, and the pages of the
+    libraries it maps (shared with other processes, and reclaimable)."""
+    parts = {"RssAnon:": 0.0, "RssFile:": 0.0}
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        key = line.split(maxsplit=1)[0] if line else ""
+        if key in parts:
+            parts[key] = int(line.split()[1]) / 1024
+    return parts["RssAnon:"], parts["RssFile:"]
+
+
 def wait_for(predicate: Callable[[], bool], timeout: float, what: str) -> None:
     deadline = time.monotonic() + timeout
     while not predicate():
