@@ -72,6 +72,9 @@ class MemoryOutbox:
         self._size = 0
         self._next_id = max_rows + 1  # below: the ids of rows adopted from SQLite
         self._new: list[OutboxRow] = []  # added since the last hand-over
+        self._adopted_created: list[float] = []
+        """When each row adopted from SQLite (ids 1, 2, ...) was first queued (NaN: unknown);
+        kept while any of them waits, so that ``close`` hands them back as old as they are."""
         self._handing_over = False
         self._feed: OutboxFeed | None = None
         self._signal = asyncio.Event()
@@ -113,11 +116,14 @@ class MemoryOutbox:
         marks = self._marks
         if not firsts:
             marks.clear()
+            self._adopted_created = []
             self._marked_at = -math.inf  # the next row added is noted
             return None
         oldest = min(firsts)
         while len(marks) > 1 and marks[1][0] <= oldest:
             marks.popleft()
+        if oldest > len(self._adopted_created):
+            self._adopted_created = []  # every adopted row is gone
         return oldest
 
     def _hand_over(self) -> None:
@@ -233,6 +239,25 @@ class MemoryOutbox:
     async def outbox_depth(self, sink: str | None = None) -> int:
         return self._size
 
+    def _created(self, rows: list[OutboxRow]) -> list[float]:
+        """Wall-clock time each of ``rows`` (by id) was queued, from the notes: that of the
+        last note at or before it (at most ``MARK_INTERVAL_S`` early); now for rows not
+        handed over yet or without a note."""
+        wall, mono = self._clock(), self._monotonic()
+        unnoted = {r.id for r in self._new}
+        adopted = self._adopted_created
+        marks, at, noted = list(self._marks), -1, wall
+        created = []
+        for r in rows:
+            while at + 1 < len(marks) and marks[at + 1][0] <= r.id:
+                at += 1
+                noted = wall - (mono - marks[at][1])
+            if r.id <= len(adopted) and adopted[r.id - 1] == adopted[r.id - 1]:  # not NaN
+                created.append(adopted[r.id - 1])
+            else:
+                created.append(wall if at < 0 or r.id in unnoted else noted)
+        return created
+
     # ------------------------------------------------------------------ to and from SQLite
 
     async def open(self) -> int:
@@ -247,13 +272,16 @@ class MemoryOutbox:
         adopted: tuple[OrderedDict[int, OutboxRow], ...] = tuple(OrderedDict() for _ in self._lanes)
         moved = 0
         acked: list[int] = []
+        adopted_created: list[float] = []
         while (room := self.max_rows - self._size - moved) > 0:
             rows = await self._store.outbox_take(self.sink, min(ADOPT_PAGE, room), acked)
             acked = [r.id for r in rows]
+            queued = await self._store.outbox_created(acked)
             for r in rows:  # ids below those of rows added meanwhile (from max_rows + 1)
                 moved += 1
                 row = OutboxRow(moved, r.msg_id, r.topic, r.payload, r.qos, r.attempts, r.priority)
                 adopted[min(r.priority, PRIORITY_READING)][moved] = row
+                adopted_created.append(queued.get(r.id, math.nan))
             if len(rows) < ADOPT_PAGE:
                 break
         if acked:
@@ -263,6 +291,7 @@ class MemoryOutbox:
                 front.update(lane)
             self._lanes = adopted
             self._size += moved
+            self._adopted_created = adopted_created
             waited = max(0.0, self._clock() - float(created)) if created is not None else 0.0
             self._marks.appendleft((1, self._monotonic() - waited))  # the adopted rows' age
             self.outbox_epoch += 1  # a forwarder that went live meanwhile reads them first
@@ -279,15 +308,19 @@ class MemoryOutbox:
 
     def close(self) -> int:
         """Send this sink's new rows to SQLite again, and queue every row left there too
-        (the store commits them with its next batch, or as it closes); returns how many."""
+        (the store commits them with its next batch, or as it closes), each with the time it
+        was first queued as far as the notes tell; returns how many."""
         self._store.buffer_in_memory(self.sink, None)
         rows = sorted((r for lane in self._lanes for r in lane.values()), key=lambda r: r.id)
-        for r in rows:
-            self._store.add_outbox(self.sink, r.msg_id, r.topic, r.payload, r.qos, r.priority)
+        for r, created in zip(rows, self._created(rows), strict=True):
+            self._store.add_outbox(
+                self.sink, r.msg_id, r.topic, r.payload, r.qos, r.priority, created
+            )
         for lane in self._lanes:
             lane.clear()
         self._size = 0
         self._new = []
+        self._adopted_created = []
         if rows:
             log.info(
                 "sink %s: %d undelivered rows moved to the SQLite outbox", self.sink, len(rows)

@@ -426,8 +426,11 @@ class Store:
         payload: bytes,
         qos: int,
         priority: int = PRIORITY_AGGREGATE,
+        created: float | None = None,
     ) -> None:
         """Queue one message for ``sink`` (or, for a sink with a memory outbox, send it there).
+        ``created`` (wall clock, default now) is when it was first queued: a row handed back
+        by a memory outbox keeps its age (and its expiry by ``outbox.max_age``).
 
         The sink's forwarder is handed the row on the next loop turn, before it is committed;
         the row commits with whatever was queued before it unless it was acknowledged first
@@ -440,7 +443,7 @@ class Store:
         row_id = self._ob_next_id
         self._ob_next_id = row_id + 1
         row = OutboxRow(row_id, msg_id, topic, payload, qos, 0, priority)
-        self._outbox[row_id] = (sink, row, self._clock())
+        self._outbox[row_id] = (sink, row, self._clock() if created is None else created)
         if sink in self._feeds or sink in self._sink_events:  # someone forwards this sink
             if (new := self._handover.get(sink)) is None:
                 self._handover[sink] = [row]
@@ -804,6 +807,23 @@ class Store:
         for row in uncommitted:
             merged.setdefault(row.id, row)
         return sorted(merged.values(), key=_row_order)[:limit]
+
+    async def outbox_created(self, ids: Sequence[int]) -> dict[int, float]:
+        """When each of these rows was first queued (wall clock), committed or not; rows
+        gone meanwhile are left out."""
+        found: dict[int, float] = {}
+        for pending in (self._inflight_outbox, self._outbox):
+            for row_id in ids:
+                if (entry := pending.get(row_id)) is not None:
+                    found[row_id] = entry[2]
+        rest = [row_id for row_id in ids if row_id not in found]
+        for at in range(0, len(rest), 500):
+            chunk = rest[at : at + 500]
+            marks = ",".join("?" * len(chunk))
+            sql = f"SELECT id, created FROM outbox WHERE id IN ({marks})"
+            for row in await self.query(sql, chunk):
+                found[int(row["id"])] = float(row["created"])
+        return found
 
     async def outbox_ack(self, ids: Sequence[int]) -> None:
         """Delete delivered rows (those not committed yet are forgotten)."""

@@ -5,6 +5,7 @@ process runs; a stop writes what is left to SQLite and the next start takes it b
 from __future__ import annotations
 
 import asyncio
+import sqlite3
 from collections.abc import AsyncIterator
 from pathlib import Path
 
@@ -183,3 +184,48 @@ async def test_adopted_rows_keep_their_age_from_the_sqlite_outbox(store: Store) 
     assert await memory.open() == 1
     assert memory.oldest_age == pytest.approx(30.0)
     assert store.memory_ages() == {"up": pytest.approx(30.0)}
+
+
+async def test_a_stop_and_a_start_keep_the_rows_ages(store: Store) -> None:
+    """A reload moves the rows to SQLite and back: they stay as old as they are, for
+    ``oldest_age`` and for the outbox's ``max_age``."""
+    wall, mono = Clock(1_700_000_000.0), Clock(50.0)
+    memory = MemoryOutbox("up", store, Counters(), max_rows=1000, clock=wall, monotonic=mono)
+    await memory.open()
+    add(store, "r0")
+    await asyncio.sleep(0)  # handed over: its time noted
+    wall.now, mono.now = 1_700_000_020.0, 70.0
+    add(store, "r1")  # not handed over yet at the stop: queued now
+    assert memory.oldest_age == 20.0
+    assert memory.close() == 2
+    await store.flush()
+    rows = await store.query("SELECT msg_id, created FROM outbox ORDER BY id")
+    assert [(r["msg_id"], r["created"]) for r in rows] == [
+        ("r0", pytest.approx(1_700_000_000.0, abs=1e-3)),
+        ("r1", pytest.approx(1_700_000_020.0, abs=1e-3)),
+    ]
+    wall.now, mono.now = 1_700_000_025.0, 500.0
+    again = MemoryOutbox("up", store, Counters(), max_rows=1000, clock=wall, monotonic=mono)
+    assert await again.open() == 2
+    assert again.oldest_age == pytest.approx(25.0)
+
+
+async def test_rows_taken_from_sqlite_go_back_each_as_old_as_it_is(store: Store) -> None:
+    for msg_id in ("r0", "r1"):
+        store.add_outbox("up", msg_id, "t", b"x", 1, PRIORITY_READING)
+    await store.flush()
+    created = {r["msg_id"]: r["created"] for r in await store.query("SELECT * FROM outbox")}
+    with sqlite3.connect(store.config.path, timeout=5) as db:  # r0 queued 30 s earlier
+        db.execute("UPDATE outbox SET created = created - 30 WHERE msg_id = 'r0'")
+    db.close()
+    wall, mono = Clock(created["r1"] + 5), Clock(50.0)
+    memory = MemoryOutbox("up", store, Counters(), max_rows=1000, clock=wall, monotonic=mono)
+    assert await memory.open() == 2
+    wall.now, mono.now = wall.now + 60, 110.0
+    assert memory.close() == 2
+    await store.flush()
+    rows = await store.query("SELECT msg_id, created FROM outbox ORDER BY id")
+    assert [(r["msg_id"], r["created"]) for r in rows] == [
+        ("r0", pytest.approx(created["r0"] - 30, abs=1e-3)),
+        ("r1", pytest.approx(created["r1"], abs=1e-3)),
+    ]
