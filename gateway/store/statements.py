@@ -1,16 +1,17 @@
-"""Batch SQL in few shapes: multi-row INSERTs and outbox deletes by id.
+"""Batch SQL in few shapes: multi-row INSERTs, and outbox deletes and updates by id.
 
 sqlite3 keeps prepared statements in a small cache keyed by SQL text (128 by default). One
 text per batch size would be prepared almost every time and push the others out, so a batch
 is cut into statements of a fixed number of rows and a remainder in power-of-two sizes: a
 table has at most ``1 + log2(chunk)`` INSERT texts, the outbox ``1 + log2(DELETE_BUCKET)``
-DELETE texts. Rows go in in their order, so rowids follow it as with one row per statement.
+DELETE texts and as many UPDATE texts. Rows go in in their order, so rowids follow it as
+with one row per statement.
 """
 
 from __future__ import annotations
 
 import sqlite3
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from functools import cache
 from itertools import chain
@@ -80,24 +81,45 @@ def _delete_sql(n: int) -> tuple[str, str]:
     return count, f"DELETE FROM outbox {where}"
 
 
+def _buckets(ids: Sequence[int], exact: bool = False) -> Iterator[list[int]]:
+    """``ids`` in lists of up to ``DELETE_BUCKET``, each padded to a power of two by repeating
+    its last id (a row matches once however often its id is listed); ``exact``: 500 ids a
+    list, as they are (one SQL text per list size)."""
+    bucket = 500 if exact else DELETE_BUCKET
+    for i in range(0, len(ids), bucket):
+        chunk = list(ids[i : i + bucket])
+        if not exact:
+            chunk += chunk[-1:] * ((1 << (len(chunk) - 1).bit_length()) - len(chunk))
+        yield chunk
+
+
 def delete_outbox(
     conn: sqlite3.Connection, ids: Sequence[int], *, exact: bool = False
 ) -> tuple[int, int]:
     """Delete outbox rows by id; returns (rows deleted, their payload bytes).
 
-    Up to ``DELETE_BUCKET`` ids per statement, padded to a power of two by repeating the last
-    id (a row matches once however often its id is listed); ``exact`` is the former shape,
-    kept to compare: 500 ids a chunk, bound as they are (one text per chunk size).
+    Up to ``DELETE_BUCKET`` ids per statement (see ``_buckets``); ``exact`` is the former
+    shape, kept to compare.
     """
-    bucket = 500 if exact else DELETE_BUCKET
     deleted = size = 0
-    for i in range(0, len(ids), bucket):
-        chunk = list(ids[i : i + bucket])
-        if not exact:
-            chunk += chunk[-1:] * ((1 << (len(chunk) - 1).bit_length()) - len(chunk))
+    for chunk in _buckets(ids, exact):
         count, delete = _delete_sql(len(chunk))
         n, total = conn.execute(count, chunk).fetchone()
         conn.execute(delete, chunk)
         deleted += n
         size += total
     return deleted, size
+
+
+def count_attempt(conn: sqlite3.Connection, ids: Sequence[int]) -> int:
+    """One more failed delivery attempt on each outbox row of ``ids``, in the buckets of
+    ``delete_outbox``; returns the rows changed (an id listed twice counts once)."""
+    changed = 0
+    for chunk in _buckets(ids):
+        changed += conn.execute(_attempt_sql(len(chunk)), chunk).rowcount
+    return changed
+
+
+@cache
+def _attempt_sql(n: int) -> str:
+    return f"UPDATE outbox SET attempts = attempts + 1 WHERE id IN ({', '.join('?' * n)})"

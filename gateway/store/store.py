@@ -74,7 +74,7 @@ from gateway.counters import Counters
 from gateway.model import Aggregate, Alert, Reading
 from gateway.store.config import StoreConfig
 from gateway.store.schema import create_schema
-from gateway.store.statements import Insert, delete_outbox, insert_rows
+from gateway.store.statements import Insert, count_attempt, delete_outbox, insert_rows
 
 log = logging.getLogger("gateway.store")
 
@@ -835,8 +835,7 @@ class Store:
         if ids:
             if self._uncommitted(ids):  # rare: a failure before the row's commit
                 await self.flush()
-            sql = "UPDATE outbox SET attempts = attempts + 1 WHERE id = ?"
-            await self._call(self._outbox_update, sql, ids)
+            await self._call(self._outbox_attempted, ids)
 
     async def outbox_dead_letter(self, rows: Sequence[OutboxRow], sink: str, reason: str) -> None:
         """Move undeliverable rows from the outbox to ``dead_letters`` in one transaction."""
@@ -1123,8 +1122,9 @@ class Store:
     def _outbox_bury(self, rows: Sequence[OutboxRow], sink: str, reason: str, now: float) -> None:
         db = self._database()
         with db.atomic():
-            db.conn.executemany(
-                _DEAD_LETTERS.one,
+            insert_rows(
+                db.conn,
+                _DEAD_LETTERS,
                 (
                     (
                         sink,
@@ -1135,6 +1135,7 @@ class Store:
                     )
                     for r in rows
                 ),
+                _DEAD_LETTERS.chunk(self._chunk_rows, self._var_limit),
             )
             self._outbox_delete([r.id for r in rows])
 
@@ -1196,10 +1197,14 @@ class Store:
             dropped += self._outbox_delete(ids)
         return dropped
 
-    def _outbox_update(self, sql: str, ids: Sequence[int]) -> None:
+    def _outbox_attempted(self, ids: Sequence[int]) -> None:
         db = self._database()
         with db.atomic():
-            db.conn.executemany(sql, ((i,) for i in ids))
+            if self._chunk_rows:
+                count_attempt(db.conn, ids)
+            else:  # the row-by-row shape, kept to compare
+                sql = "UPDATE outbox SET attempts = attempts + 1 WHERE id = ?"
+                db.conn.executemany(sql, ((i,) for i in ids))
 
     def _query(self, sql: str, params: Sequence[Any]) -> list[dict[str, Any]]:
         return list(self._database().query(sql, params))

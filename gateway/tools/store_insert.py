@@ -16,6 +16,9 @@ row by row, the former 128 and the default 512), and ``--devices`` spreads the r
 a batch over that many devices (each index insert lands on another device's page)::
 
     python -m gateway.tools.store_insert --rows 2000 --devices 1000 --chunks 128,512,1024
+
+Then the failed rounds: ``outbox_failed`` of ``--failed`` rows (one more attempt each), row by
+row against the delete's buckets, idle and beside the busy thread.
 """
 
 from __future__ import annotations
@@ -39,7 +42,7 @@ from gateway.counters import Counters
 from gateway.model import Reading
 from gateway.store.config import StoreConfig
 from gateway.store.schema import create_schema
-from gateway.store.statements import delete_outbox
+from gateway.store.statements import DELETE_BUCKET, delete_outbox
 from gateway.store.store import Store
 
 DEFAULT_PATHS = {"old (row by row)": 0, "new (multi-row)": Store._chunk_rows}
@@ -105,6 +108,38 @@ async def time_batches(
     return times
 
 
+async def time_failures(
+    directory: Path, rows: int, rounds: int, busy: bool, paths: dict[str, int]
+) -> dict[str, list[float]]:
+    """Milliseconds per ``outbox_failed`` of ``rows`` rows (a failed round: one more attempt
+    on each), per path, rounds alternating between the paths."""
+    stores: dict[str, Store] = {}
+    for name, chunk_rows in paths.items():
+        store = Store(
+            StoreConfig(path=directory / f"failed-{chunk_rows}-{int(busy)}.db"), Counters()
+        )
+        store._chunk_rows = chunk_rows
+        await store.open()
+        for i in range(rows):
+            store.add_outbox("up", f"m{i}", "t", b"x" * 80, 1, 2)
+        await store.flush()
+        stores[name] = store
+    times: dict[str, list[float]] = {name: [] for name in stores}
+    try:
+        with busy_thread(busy):
+            for k in range(rounds + 1):  # the first warms up
+                for name, store in stores.items():
+                    ids = [r.id for r in await store.outbox_take("up", rows)]
+                    started = time.perf_counter()
+                    await store.outbox_failed(ids)
+                    if k >= 1:
+                        times[name].append((time.perf_counter() - started) * 1e3)
+    finally:
+        for store in stores.values():
+            await store.close()
+    return times
+
+
 def time_deletes(directory: Path, rows: int) -> dict[str, tuple[float, float]]:
     """µs per outbox row deleted by each statement shape (wall, CPU of this thread), acked in
     random groups, each in its own transaction, the shapes taking turns on files of their own."""
@@ -150,6 +185,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--batches", type=int, default=15, help="timed batches per path")
     parser.add_argument("--deletes", type=int, default=50_000, help="outbox rows to delete")
     parser.add_argument("--devices", type=int, default=100, help="devices of a batch's readings")
+    parser.add_argument("--failed", type=int, default=1000, help="outbox rows of a failed round")
     parser.add_argument(
         "--chunks",
         help="rows per INSERT statement to compare, the first the baseline (0: row by row)",
@@ -184,6 +220,15 @@ def main(argv: Sequence[str] | None = None) -> int:
                     f"{load:6s} {name:22s} {median:10.2f} {statistics.fmean(ms):9.2f}"
                     f" {median / base:5.2f}x"
                 )
+        print(f"\nfailed rounds: outbox_failed of {args.failed} rows, median of 10 (ms)")
+        failure_paths = {"row by row": 0, f"buckets of {DELETE_BUCKET}": Store._chunk_rows}
+        for busy in (False, True):
+            times = asyncio.run(time_failures(directory, args.failed, 10, busy, failure_paths))
+            base = statistics.median(times["row by row"])
+            for name, ms in times.items():
+                median = statistics.median(ms)
+                load = "busy" if busy else "idle"
+                print(f"  {load:6s} {name:16s} {median:9.2f} {median / base:5.2f}x")
         print(f"\noutbox deletes, {args.deletes} rows acked in groups of 1-500 (µs per row)")
         deletes = time_deletes(directory, args.deletes)
         wall0, cpu0 = next(iter(deletes.values()))

@@ -92,6 +92,23 @@ async def test_outbox_rows_move_to_dead_letters_in_one_step(store: Store) -> Non
     assert second.msg_id == "m2"
 
 
+async def test_a_poisoned_round_moves_every_row_in_order(store: Store) -> None:
+    for i in range(1500):  # more than one multi-row statement, and a remainder
+        store.add_outbox("up", f"m{i}", f"t/{i}", b"p%d" % i, 1)
+    store.add_outbox("up", "kept", "t/k", b"ok", 1)
+    await store.flush()
+    rows = await store.outbox_take("up", 1500)
+    await store.outbox_failed([r.id for r in rows])
+    rows = await store.outbox_take("up", 1500)
+    assert {r.attempts for r in rows} == {1}
+    await store.outbox_dead_letter(rows, "up", "poison")
+    assert [r.msg_id for r in await store.outbox_take("up", 10)] == ["kept"]
+    dead = await store.query("SELECT detail, raw FROM dead_letters ORDER BY id")
+    assert [(d["detail"], d["raw"]) for d in dead] == [
+        (f"m{i} on t/{i} after 1 attempts", b"p%d" % i) for i in range(1500)
+    ]
+
+
 async def test_a_version_1_file_is_upgraded_keeping_one_of_each_seqless_repeat(
     tmp_path: Path,
 ) -> None:

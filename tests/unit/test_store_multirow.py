@@ -16,7 +16,13 @@ from gateway.counters import Counters
 from gateway.model import Aggregate, Alert, Reading
 from gateway.store.config import StoreConfig
 from gateway.store.schema import create_schema
-from gateway.store.statements import DELETE_BUCKET, Insert, delete_outbox, insert_rows
+from gateway.store.statements import (
+    DELETE_BUCKET,
+    Insert,
+    count_attempt,
+    delete_outbox,
+    insert_rows,
+)
 from gateway.store.store import OutboxRow, Store
 
 NOW = 1_700_000_000.0
@@ -210,3 +216,17 @@ def test_delete_outbox_counts_what_it_deletes(
     assert got == (len(gone), sum(i % 5 for i in gone if i % 11))
     left = [i for (i,) in conn.execute("SELECT id FROM outbox ORDER BY id")]
     assert left == [i for i in range(1, 1301) if i not in gone]
+
+
+@pytest.mark.parametrize("n", [1, 3, DELETE_BUCKET, DELETE_BUCKET + 1, 1200])
+def test_a_failed_round_counts_one_attempt_on_each_of_its_rows(
+    conn: sqlite3.Connection, n: int
+) -> None:
+    conn.executemany(
+        "INSERT INTO outbox (id, sink, msg_id, payload, attempts) VALUES (?, 'up', ?, x'00', 2)",
+        ((i, f"m{i}") for i in range(1, 1301)),
+    )
+    ids = list(range(1, n + 1, 2))
+    assert count_attempt(conn, [*ids, 5000]) == len(ids)  # an id that is not there
+    attempts = dict(conn.execute("SELECT id, attempts FROM outbox"))
+    assert attempts == {i: 3 if i in set(ids) else 2 for i in range(1, 1301)}
