@@ -28,6 +28,7 @@ import asyncio
 import logging
 import math
 import time
+from array import array
 from collections import OrderedDict, deque
 from collections.abc import Callable, Sequence
 
@@ -72,7 +73,7 @@ class MemoryOutbox:
         self._size = 0
         self._next_id = max_rows + 1  # below: the ids of rows adopted from SQLite
         self._new: list[OutboxRow] = []  # added since the last hand-over
-        self._adopted_created: list[float] = []
+        self._adopted_created = array("d")
         """When each row adopted from SQLite (ids 1, 2, ...) was first queued (NaN: unknown);
         kept while any of them waits, so that ``close`` hands them back as old as they are."""
         self._handing_over = False
@@ -116,14 +117,14 @@ class MemoryOutbox:
         marks = self._marks
         if not firsts:
             marks.clear()
-            self._adopted_created = []
+            self._adopted_created = array("d")
             self._marked_at = -math.inf  # the next row added is noted
             return None
         oldest = min(firsts)
         while len(marks) > 1 and marks[1][0] <= oldest:
             marks.popleft()
-        if oldest > len(self._adopted_created):
-            self._adopted_created = []  # every adopted row is gone
+        if self._adopted_created and oldest > len(self._adopted_created):
+            self._adopted_created = array("d")  # every adopted row is gone
         return oldest
 
     def _hand_over(self) -> None:
@@ -272,7 +273,7 @@ class MemoryOutbox:
         adopted: tuple[OrderedDict[int, OutboxRow], ...] = tuple(OrderedDict() for _ in self._lanes)
         moved = 0
         acked: list[int] = []
-        adopted_created: list[float] = []
+        adopted_created = array("d")
         while (room := self.max_rows - self._size - moved) > 0:
             rows = await self._store.outbox_take(self.sink, min(ADOPT_PAGE, room), acked)
             acked = [r.id for r in rows]
@@ -320,7 +321,7 @@ class MemoryOutbox:
             lane.clear()
         self._size = 0
         self._new = []
-        self._adopted_created = []
+        self._adopted_created = array("d")
         if rows:
             log.info(
                 "sink %s: %d undelivered rows moved to the SQLite outbox", self.sink, len(rows)
