@@ -203,17 +203,7 @@ class Bench:
         """Wait until the system's progress reaches ``until`` (its backlog is drained) or stops
         (what is left was lost), so that the next step does not count an earlier backlog;
         returns when (``time.monotonic``) progress last moved."""
-        last, since, deadline = system.progress(), time.monotonic(), time.monotonic() + timeout
-        while (
-            (until is None or last < until)
-            and time.monotonic() - since < quiet_s
-            and time.monotonic() < deadline
-        ):
-            time.sleep(0.05)
-            now = system.progress()
-            if now != last:
-                last, since = now, time.monotonic()
-        return since
+        return _until_quiet(system.progress, until, quiet_s, timeout)
 
     def _drain(self, system: System, step: Step, expected: int) -> None:
         """Wait out a failed step's backlog, and say how big it was and how long it took."""
@@ -590,7 +580,7 @@ class Bench:
             if self.collector.aggregated == aggregated0:
                 result.notes.append("rss_10k_devices_mb: not measured, no aggregate arrived")
                 return
-            self._settle_aggregates(timeout=10)
+            _until_quiet(lambda: self.collector.aggregated, None, 1.0, 10)  # the rest of them
             rss, peak = memory_mb(system.pid)
             anon, mapped = rss_parts_mb(system.pid)
             result.rss_10k_devices_mb = round(rss, 1)
@@ -604,15 +594,6 @@ class Bench:
         finally:
             system.stop()
             publisher.stop()
-
-    def _settle_aggregates(self, timeout: float) -> None:
-        """Until no aggregate has arrived upstream for a second (or ``timeout``)."""
-        c, deadline = self.collector, time.monotonic() + timeout
-        last, since = c.aggregated, time.monotonic()
-        while time.monotonic() - since < 1.0 and time.monotonic() < deadline:
-            time.sleep(0.05)
-            if c.aggregated != last:
-                last, since = c.aggregated, time.monotonic()
 
     def soak(
         self,
@@ -832,6 +813,24 @@ def _record_latency(result: Result, samples: Sequence[float], step: Step, rate: 
     result.latency_rate = rate
     if not step.ok:
         result.notes.append(f"lost or late readings at the latency rate {rate:.0f}/s")
+
+
+def _until_quiet(
+    progress: Callable[[], int], until: int | None, quiet_s: float, timeout: float
+) -> float:
+    """Poll ``progress`` until it reaches ``until``, has not moved for ``quiet_s``, or
+    ``timeout`` passed; returns when (``time.monotonic``) it last moved."""
+    last, since, deadline = progress(), time.monotonic(), time.monotonic() + timeout
+    while (
+        (until is None or last < until)
+        and time.monotonic() - since < quiet_s
+        and time.monotonic() < deadline
+    ):
+        time.sleep(0.05)
+        now = progress()
+        if now != last:
+            last, since = now, time.monotonic()
+    return since
 
 
 def _wait_quietly(predicate: Callable[[], bool], timeout: float) -> None:

@@ -253,7 +253,7 @@ class MemoryOutbox:
             while at + 1 < len(marks) and marks[at + 1][0] <= r.id:
                 at += 1
                 noted = wall - (mono - marks[at][1])
-            if r.id <= len(adopted) and adopted[r.id - 1] == adopted[r.id - 1]:  # not NaN
+            if r.id <= len(adopted) and not math.isnan(adopted[r.id - 1]):
                 created.append(adopted[r.id - 1])
             else:
                 created.append(wall if at < 0 or r.id in unnoted else noted)

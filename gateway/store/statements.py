@@ -81,7 +81,7 @@ def _delete_sql(n: int) -> tuple[str, str]:
     return count, f"DELETE FROM outbox {where}"
 
 
-def _buckets(ids: Sequence[int], exact: bool = False) -> Iterator[list[int]]:
+def id_buckets(ids: Sequence[int], exact: bool = False) -> Iterator[list[int]]:
     """``ids`` in lists of up to ``DELETE_BUCKET``, each padded to a power of two by repeating
     its last id (a row matches once however often its id is listed); ``exact``: 500 ids a
     list, as they are (one SQL text per list size)."""
@@ -98,11 +98,11 @@ def delete_outbox(
 ) -> tuple[int, int]:
     """Delete outbox rows by id; returns (rows deleted, their payload bytes).
 
-    Up to ``DELETE_BUCKET`` ids per statement (see ``_buckets``); ``exact`` is the former
+    Up to ``DELETE_BUCKET`` ids per statement (see ``id_buckets``); ``exact`` is the former
     shape, kept to compare.
     """
     deleted = size = 0
-    for chunk in _buckets(ids, exact):
+    for chunk in id_buckets(ids, exact):
         count, delete = _delete_sql(len(chunk))
         n, total = conn.execute(count, chunk).fetchone()
         conn.execute(delete, chunk)
@@ -115,7 +115,7 @@ def count_attempt(conn: sqlite3.Connection, ids: Sequence[int]) -> int:
     """One more failed delivery attempt on each outbox row of ``ids``, in the buckets of
     ``delete_outbox``; returns the rows changed (an id listed twice counts once)."""
     changed = 0
-    for chunk in _buckets(ids):
+    for chunk in id_buckets(ids):
         changed += conn.execute(_attempt_sql(len(chunk)), chunk).rowcount
     return changed
 

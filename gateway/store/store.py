@@ -74,7 +74,13 @@ from gateway.counters import Counters
 from gateway.model import Aggregate, Alert, Reading
 from gateway.store.config import StoreConfig
 from gateway.store.schema import create_schema
-from gateway.store.statements import Insert, count_attempt, delete_outbox, insert_rows
+from gateway.store.statements import (
+    Insert,
+    count_attempt,
+    delete_outbox,
+    id_buckets,
+    insert_rows,
+)
 
 log = logging.getLogger("gateway.store")
 
@@ -817,10 +823,8 @@ class Store:
                 if (entry := pending.get(row_id)) is not None:
                     found[row_id] = entry[2]
         rest = [row_id for row_id in ids if row_id not in found]
-        for at in range(0, len(rest), 500):
-            chunk = rest[at : at + 500]
-            marks = ",".join("?" * len(chunk))
-            sql = f"SELECT id, created FROM outbox WHERE id IN ({marks})"
+        for chunk in id_buckets(rest):
+            sql = f"SELECT id, created FROM outbox WHERE id IN ({','.join('?' * len(chunk))})"
             for row in await self.query(sql, chunk):
                 found[int(row["id"])] = float(row["created"])
         return found

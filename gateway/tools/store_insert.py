@@ -32,8 +32,8 @@ import sys
 import tempfile
 import threading
 import time
-from collections.abc import Iterator, Sequence
-from contextlib import contextmanager
+from collections.abc import AsyncIterator, Iterator, Sequence
+from contextlib import asynccontextmanager, contextmanager
 from pathlib import Path
 
 from sqlite_utils import Database
@@ -68,6 +68,24 @@ def busy_thread(on: bool) -> Iterator[None]:
             thread.join()
 
 
+@asynccontextmanager
+async def open_stores(
+    directory: Path, tag: str, paths: dict[str, int]
+) -> AsyncIterator[dict[str, Store]]:
+    """A store on a file of its own per path (``Store._chunk_rows`` set), closed on exit."""
+    stores: dict[str, Store] = {}
+    try:
+        for name, chunk_rows in paths.items():
+            store = Store(StoreConfig(path=directory / f"{tag}-{chunk_rows}.db"), Counters())
+            store._chunk_rows = chunk_rows
+            await store.open()
+            stores[name] = store
+        yield stores
+    finally:
+        for store in stores.values():
+            await store.close()
+
+
 async def time_batches(
     directory: Path,
     rows: int,
@@ -78,16 +96,9 @@ async def time_batches(
     devices: int,
 ) -> dict[str, list[float]]:
     """Milliseconds per batch commit, per path, batches alternating between the paths."""
-    stores: dict[str, Store] = {}
-    for name, chunk_rows in paths.items():
-        path = directory / f"{chunk_rows}-{int(busy)}.db"
-        store = Store(StoreConfig(path=path), Counters())
-        store._chunk_rows = chunk_rows
-        await store.open()
-        stores[name] = store
-    times: dict[str, list[float]] = {name: [] for name in stores}
+    times: dict[str, list[float]] = {name: [] for name in paths}
     seq = 0
-    try:
+    async with open_stores(directory, f"batches-{int(busy)}", paths) as stores:
         with busy_thread(busy):
             for k in range(batches + 2):  # the first two warm up the files and caches
                 for name, store in stores.items():
@@ -102,9 +113,6 @@ async def time_batches(
                     if k >= 2:
                         times[name].append((time.perf_counter() - started) * 1e3)
                 seq += rows
-    finally:
-        for store in stores.values():
-            await store.close()
     return times
 
 
@@ -113,19 +121,12 @@ async def time_failures(
 ) -> dict[str, list[float]]:
     """Milliseconds per ``outbox_failed`` of ``rows`` rows (a failed round: one more attempt
     on each), per path, rounds alternating between the paths."""
-    stores: dict[str, Store] = {}
-    for name, chunk_rows in paths.items():
-        store = Store(
-            StoreConfig(path=directory / f"failed-{chunk_rows}-{int(busy)}.db"), Counters()
-        )
-        store._chunk_rows = chunk_rows
-        await store.open()
-        for i in range(rows):
-            store.add_outbox("up", f"m{i}", "t", b"x" * 80, 1, 2)
-        await store.flush()
-        stores[name] = store
-    times: dict[str, list[float]] = {name: [] for name in stores}
-    try:
+    times: dict[str, list[float]] = {name: [] for name in paths}
+    async with open_stores(directory, f"failed-{int(busy)}", paths) as stores:
+        for store in stores.values():
+            for i in range(rows):
+                store.add_outbox("up", f"m{i}", "t", b"x" * 80, 1, 2)
+            await store.flush()
         with busy_thread(busy):
             for k in range(rounds + 1):  # the first warms up
                 for name, store in stores.items():
@@ -134,9 +135,6 @@ async def time_failures(
                     await store.outbox_failed(ids)
                     if k >= 1:
                         times[name].append((time.perf_counter() - started) * 1e3)
-    finally:
-        for store in stores.values():
-            await store.close()
     return times
 
 
