@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import re
+import sys
 from dataclasses import dataclass
 from typing import Any, Literal
 
@@ -90,7 +91,8 @@ class TopicPattern:
             if want != "+" and want[0] != "{" and want != got:
                 return False, None, None
         device = parts[self.device_at] if self.device_at is not None else None
-        metric = parts[self.metric_at] if self.metric_at is not None else None
+        # a few names, each met on thousands of topics: one string each, not one a topic
+        metric = sys.intern(parts[self.metric_at]) if self.metric_at is not None else None
         return True, device, metric
 
 

@@ -88,6 +88,20 @@ async def test_series_cap_rejects_invented_metric_names_keeps_known_series(store
     assert b"temp_1" in dead["raw"]
 
 
+async def test_a_metric_named_like_part_of_a_known_one_is_a_new_series(store: Store) -> None:
+    counters, seen = Counters(), []
+    intake = Intake(
+        store, {"fleet": [seen.append]}, counters, lambda: 0.0, limits=LimitsConfig(max_series=2)
+    )
+    intake.accept([r("pump-1", "temperature")])
+    intake.accept([r("pump-1", "temp")])  # not the same series, though a part of its name
+    intake.accept([r("pump-1", "t")])  # a third series: beyond the cap
+    intake.accept([r("pump-1", "temp", 2.0), r("pump-1", "temperature", 3.0)])
+    await store.flush()
+    assert [x.metric for x in seen] == ["temperature", "temp", "temp", "temperature"]
+    assert counters.get("fleet", "rejected_too_many_series") == 1
+
+
 async def test_too_many_metrics_in_one_message_is_rejected_whole(store: Store) -> None:
     counters = Counters()
     intake = Intake(
