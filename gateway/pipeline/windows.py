@@ -315,9 +315,10 @@ DUE_STEPS = 1 / DUE_GRID_S
 
 
 def on_grid(due: float) -> float:
-    """``due`` rounded up to ``DUE_GRID_S`` (a nanosecond's float noise is not rounded up:
-    an exact deadline, as in a replay, stays exact)."""
-    return math.ceil(due * DUE_STEPS - 1e-6) / DUE_STEPS
+    """``due`` rounded up to ``DUE_GRID_S``; within a microsecond past a step, down to it: the
+    float noise of a deadline on the grid (as in a replay, whose clock is event time in epoch
+    seconds) does not cost it a millisecond."""
+    return math.ceil(due * DUE_STEPS - 1e-3) / DUE_STEPS
 
 
 class _KeyClock:

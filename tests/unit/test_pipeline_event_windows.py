@@ -265,6 +265,31 @@ def test_many_keys_closing_at_once_share_one_timer() -> None:
     assert scheduled == [11.0]  # nothing left open: no further timer
 
 
+def test_deadlines_within_one_millisecond_share_a_timer_and_none_closes_early() -> None:
+    """Deadlines are rounded up to the millisecond: devices whose readings arrive fractions of
+    a millisecond apart (thousands of them at 5,000 readings/s) share one timer run, and no
+    window closes before its own deadline or more than a millisecond after it."""
+    scheduler = CountingScheduler()
+    op = windows.event_window(10.0, None, ("count",), 2.0, None, step_context(scheduler))
+    xs = scheduler.create_hot_observable(
+        at(201.2504, reading(1, ts=201.0, device="a")),  # closes at 212.2504
+        at(201.2507, reading(1, ts=201.0, device="b")),  # 212.2507
+        at(201.2512, reading(1, ts=201.0, device="c")),  # 212.2512: the next millisecond
+    )
+    observer = scheduler.create_observer()
+    xs.pipe(op).subscribe(observer)
+    scheduler.advance_to(300)
+    out = aggregates_at(emitted(observer))
+    assert [(d, start, n) for _, d, start, n in out] == [
+        ("a", 200.0, 1),
+        ("b", 200.0, 1),
+        ("c", 200.0, 1),
+    ]
+    times = [t for t, *_ in out]
+    assert times == pytest.approx([212.251, 212.251, 212.252], abs=1e-9)
+    assert len(scheduler.scheduled) == 2  # one timer for a and b, one for c
+
+
 def test_a_key_s_windows_come_out_in_order_while_the_timer_releases_a_burst(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
