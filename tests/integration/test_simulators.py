@@ -242,10 +242,15 @@ class LineReader:
         self.buf = b""
 
     def lines(self, timeout: float) -> Iterator[bytes]:
-        """Yield complete lines until ``timeout``; pyserial errors propagate."""
+        """Yield complete lines until ``timeout``; pyserial errors propagate, a hang-up as
+        ``SerialException`` whether ``read`` or the ``in_waiting`` ioctl (EIO) meets it first."""
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
-            self.buf += self.port.read(max(1, self.port.in_waiting))
+            try:
+                waiting = self.port.in_waiting
+            except OSError as exc:
+                raise serial.SerialException(f"the device hung up: {exc}") from exc
+            self.buf += self.port.read(max(1, waiting))
             while b"\n" in self.buf:
                 line, self.buf = self.buf.split(b"\n", 1)
                 yield line + b"\n"
