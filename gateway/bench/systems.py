@@ -31,26 +31,28 @@ def cpu_seconds(pid: int) -> float:
     return (int(fields[11]) + int(fields[12])) / _TICK
 
 
+def _status_mb(pid: int, *keys: str) -> tuple[float, ...]:
+    """The ``kB`` fields ``keys`` (such as ``VmRSS``) of ``/proc/PID/status``, in MB (0 if
+    absent)."""
+    found: dict[str, float] = {}
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        key, _, value = line.partition(":")
+        if key in keys:
+            found[key] = int(value.split()[0]) / 1024
+    return tuple(found.get(key, 0.0) for key in keys)
+
+
 def memory_mb(pid: int) -> tuple[float, float]:
     """(current RSS, peak RSS) of a process in MB."""
-    rss = peak = 0.0
-    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-        if line.startswith("VmRSS:"):
-            rss = int(line.split()[1]) / 1024
-        elif line.startswith("VmHWM:"):
-            peak = int(line.split()[1]) / 1024
+    rss, peak = _status_mb(pid, "VmRSS", "VmHWM")
     return rss, peak
 
 
 def rss_parts_mb(pid: int) -> tuple[float, float]:
     """(anonymous, file-backed) RSS of a process in MB: its own heap, and the pages of the
     libraries it maps (shared with other processes, and reclaimable)."""
-    parts = {"RssAnon:": 0.0, "RssFile:": 0.0}
-    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-        key = line.split(maxsplit=1)[0] if line else ""
-        if key in parts:
-            parts[key] = int(line.split()[1]) / 1024
-    return parts["RssAnon:"], parts["RssFile:"]
+    anon, mapped = _status_mb(pid, "RssAnon", "RssFile")
+    return anon, mapped
 
 
 def wait_for(predicate: Callable[[], bool], timeout: float, what: str) -> None:

@@ -75,8 +75,14 @@ def insert_rows(
 
 
 @cache
+def ids_in(n: int) -> str:
+    """``WHERE id IN (?, ...)`` for ``n`` ids (one text per bucket size of ``id_buckets``)."""
+    return f"WHERE id IN ({', '.join('?' * n)})"
+
+
+@cache
 def _delete_sql(n: int) -> tuple[str, str]:
-    where = f"WHERE id IN ({', '.join('?' * n)})"
+    where = ids_in(n)
     count = f"SELECT count(*), coalesce(sum(length(payload)), 0) FROM outbox {where}"
     return count, f"DELETE FROM outbox {where}"
 
@@ -122,4 +128,4 @@ def count_attempt(conn: sqlite3.Connection, ids: Sequence[int]) -> int:
 
 @cache
 def _attempt_sql(n: int) -> str:
-    return f"UPDATE outbox SET attempts = attempts + 1 WHERE id IN ({', '.join('?' * n)})"
+    return f"UPDATE outbox SET attempts = attempts + 1 {ids_in(n)}"

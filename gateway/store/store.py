@@ -79,6 +79,7 @@ from gateway.store.statements import (
     count_attempt,
     delete_outbox,
     id_buckets,
+    ids_in,
     insert_rows,
 )
 
@@ -824,7 +825,7 @@ class Store:
                     found[row_id] = entry[2]
         rest = [row_id for row_id in ids if row_id not in found]
         for chunk in id_buckets(rest):
-            sql = f"SELECT id, created FROM outbox WHERE id IN ({','.join('?' * len(chunk))})"
+            sql = f"SELECT id, created FROM outbox {ids_in(len(chunk))}"
             for row in await self.query(sql, chunk):
                 found[int(row["id"])] = float(row["created"])
         return found
